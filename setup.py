@@ -1,0 +1,23 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="sozu",
+    version="0.1.0",
+    description="A prefork reverse proxy for HTTP/1.1, HTTPS and TCP that never needs a restart",
+    python_requires=">=3.11",
+    packages=find_packages(include=["sozu", "sozu.*"]),
+    install_requires=[
+        "gevent>=24.2",
+        "pyOpenSSL>=24.0",
+        "docopt>=0.6.2",
+        "python-prctl>=1.8",
+        'tomli>=2.0; python_version < "3.11"',
+    ],
+    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"]},
+    entry_points={
+        "console_scripts": [
+            "sozu = sozu.cli:main",
+            "sozuctl = sozu.ctl.cli:main",
+        ]
+    },
+)
