@@ -1,21 +1,738 @@
 """Orders, command requests and answers, and the NUL-terminated JSON framing (pure).
 
-STUB: the full schema validation lands with docs/orders.md; Order's shape is fixed here.
+Theory of operation: everything that crosses the command socket, a worker channel or the
+saved-state file is a JSON object. `from_json` is the one gate into the Python side: it checks
+a decoded object against the schema of docs/orders.md, fills every default and normalises
+spellings (addresses, host names, policy names), so two orders that mean the same thing compare
+equal and `from_json(x.to_json()) == x`. Nothing behind the gate re-checks types.
+
+Schemas are small tables of (field -> checker, default). A checker takes a value and returns its
+normal form or raises `_Invalid` with the field path relative to itself; enclosing objects add
+their part of the path on the way out, so the success path builds no strings at all.
+
+Normalised data is plain dicts, lists, str, int, bool and None, treated as read-only once built:
+`ConfigState` keeps the very dicts an order carries.
 """
 from __future__ import annotations
 
+import ipaddress
+import json
+import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Iterable
 
 
 class MessageError(ValueError):
-    """A message or order that does not fit the protocol; the text names the field."""
+    """A message or order that does not fit the protocol; the text names the field.
+
+    `id` is the request id when it could be read, so an ERROR answer can carry it."""
+
+    id: str | None = None
+
+
+class FrameTooLarge(MessageError):
+    """An unterminated (or complete) message over the decoder's size limit: close the
+    connection. `messages` holds what the same `feed` decoded before the oversize one."""
+
+    def __init__(self, text: str, messages: list | None = None):
+        super().__init__(text)
+        self.messages = messages or []
+
+
+class _Invalid(Exception):
+    """A field failed its check; `path` is relative to the checker that raised it."""
+
+    def __init__(self, path: str, text: str):
+        self.path, self.text = path, text
+
+    def under(self, name: str) -> "_Invalid":
+        if not self.path:
+            self.path = name
+        else:
+            self.path = f"{name}{'' if self.path[0] == '[' else '.'}{self.path}"
+        return self
+
+
+def _show(value: Any) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _bad(expected: str, value: Any) -> _Invalid:
+    return _Invalid("", f"expected {expected}, got {_show(value)}")
+
+
+Checker = Callable[[Any], Any]
+_REQUIRED = object()
+
+# --- value checkers ---------------------------------------------------------------------------
+
+
+def _bool(v: Any) -> bool:
+    if type(v) is not bool:
+        raise _bad("a boolean", v)
+    return v
+
+
+def _str(v: Any) -> str:
+    if type(v) is not str:
+        raise _bad("a string", v)
+    return v
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _name(v: Any) -> str:
+    """An identifier (app_id, backend_id): non-empty, no control characters."""
+    if type(v) is not str or not v or _CONTROL.search(v):
+        raise _bad("a non-empty string without control characters", v)
+    return v
+
+
+def _nonempty(v: Any) -> str:
+    if type(v) is not str or not v:
+        raise _bad("a non-empty string", v)
+    return v
+
+
+def _int_range(low: int, high: int | None) -> Checker:
+    expected = f"an integer {low}..{high}" if high is not None else f"an integer >= {low}"
+
+    def check(v: Any) -> int:
+        # bool is an int subclass; a JSON `true` is not a number here.
+        if type(v) is not int or v < low or (high is not None and v > high):
+            raise _bad(expected, v)
+        return v
+    return check
+
+
+def _optional(check: Checker) -> Checker:
+    def optional(v: Any) -> Any:
+        return None if v is None else check(v)
+    return optional
+
+
+def _enum(canonical: Iterable[str]) -> Checker:
+    """Case-, '_'- and '-'-insensitive spellings of a closed set, normalised to canonical."""
+    canonical = tuple(canonical)
+    table = {c.lower().replace("_", "").replace("-", ""): c for c in canonical}
+    expected = "one of " + ", ".join(f'"{c}"' for c in canonical)
+
+    def check(v: Any) -> str:
+        if type(v) is str:
+            found = table.get(v.lower().replace("_", "").replace("-", ""))
+            if found is not None:
+                return found
+        raise _bad(expected, v)
+    return check
+
+
+def _list_of(check: Checker, unique: bool = False) -> Checker:
+    def check_list(v: Any) -> list:
+        if type(v) is not list:
+            raise _bad("a list", v)
+        out = []
+        for i, item in enumerate(v):
+            try:
+                item = check(item)
+            except _Invalid as e:
+                raise e.under(f"[{i}]") from None
+            if not unique or item not in out:
+                out.append(item)
+        return out
+    return check_list
+
+
+def _object(spec: dict[str, tuple[Checker, Any]]) -> Checker:
+    """A JSON object with exactly these fields; absent ones get their default."""
+    names = frozenset(spec)
+    fields = tuple((name, check, default) for name, (check, default) in spec.items())
+
+    def check_object(v: Any) -> dict:
+        if type(v) is not dict:
+            raise _bad("an object", v)
+        if not names.issuperset(v):
+            raise _Invalid(sorted(set(v) - names)[0], "unknown field")
+        out = {}
+        for name, check, default in fields:
+            if name in v:
+                try:
+                    out[name] = check(v[name])
+                except _Invalid as e:
+                    raise e.under(name) from None
+            elif default is _REQUIRED:
+                raise _Invalid(name, "missing required field")
+            else:
+                out[name] = list(default) if type(default) is list else default
+        return out
+    return check_object
+
+
+def _none(v: Any) -> None:
+    if v is not None:
+        raise _bad("no data (null or absent)", v)
+    return None
+
+
+# --- addresses and names ----------------------------------------------------------------------
+
+_ADDRESS = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([0-9.]+)):([0-9]{1,5})\Z")
+_ADDRESS_CACHE: dict[str, str] = {}
+
+
+def normalize_address(value: str) -> str:
+    """`IP:PORT` (numeric IPv4, or IPv6 in brackets) in ipaddress's spelling; ValueError."""
+    m = _ADDRESS.match(value)
+    if m is None:
+        raise ValueError(f'expected "IP:PORT", got {_show(value)} (a numeric IPv4, or an IPv6 '
+                         'in brackets like "[::1]:8080")')
+    v6, v4, port_text = m.groups()
+    try:
+        ip = ipaddress.IPv6Address(v6) if v6 is not None else ipaddress.IPv4Address(v4)
+    except ValueError:
+        raise ValueError(f'expected "IP:PORT", got {_show(value)} (not an IP address)') from None
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f'expected "IP:PORT" with a port 1..65535, got {_show(value)}')
+    return f"[{ip}]:{port}" if v6 is not None else f"{ip}:{port}"
+
+
+def _address(v: Any) -> str:
+    if type(v) is not str:
+        raise _bad('"IP:PORT"', v)
+    found = _ADDRESS_CACHE.get(v)
+    if found is not None:
+        return found
+    try:
+        found = normalize_address(v)
+    except ValueError as e:
+        raise _Invalid("", str(e)) from None
+    if len(_ADDRESS_CACHE) > 4096:
+        _ADDRESS_CACHE.clear()
+    _ADDRESS_CACHE[v] = found
+    return found
+
+
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOSTNAME = re.compile(rf"(\*\.)?{_LABEL}(?:\.{_LABEL})*\Z")
+
+
+def normalize_hostname(value: str, wildcard: bool = True) -> str:
+    """Lower-case DNS name (IDNA-encoded if not ASCII), optionally `*.` + a name, or an IP
+    literal (IPv6 in brackets); ValueError otherwise."""
+    host = value.lower()
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ValueError(f"expected a host name, got {_show(value)}") from None
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return f"[{ipaddress.IPv6Address(host[1:-1])}]"
+        except ValueError:
+            raise ValueError(f"expected a host name, got {_show(value)}") from None
+    m = _HOSTNAME.match(host)
+    if m is None or len(host) > 253 or (m.group(1) and not wildcard):
+        what = 'a host name like "example.com"'
+        if wildcard:
+            what += ' or "*.example.com"'
+        raise ValueError(f"expected {what}, got {_show(value)}")
+    return host
+
+
+def _hostname(v: Any) -> str:
+    if type(v) is not str:
+        raise _bad("a host name", v)
+    try:
+        return normalize_hostname(v)
+    except ValueError as e:
+        raise _Invalid("", str(e)) from None
+
+
+# A path prefix as it appears in a request target: printable ASCII, no spaces.
+_PATH_BEGIN = re.compile(r"(?:/[!-~]*)?\Z")
+
+
+def _path_begin(v: Any) -> str:
+    if type(v) is not str or not _PATH_BEGIN.match(v):
+        raise _bad('"" or a path starting with "/" (printable ASCII, no spaces)', v)
+    return v
+
+
+_FINGERPRINT = re.compile(r"[0-9a-f]{64}\Z")
+
+
+def _fingerprint(v: Any) -> str:
+    """Lower-case hex SHA-256; also accepts openssl's `AB:CD:...` form."""
+    if type(v) is str:
+        text = v.replace(":", "").lower()
+        if _FINGERPRINT.match(text):
+            return text
+    raise _bad("a SHA-256 fingerprint (64 hex digits)", v)
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")  # RFC 9110 token: a cookie name
+_COOKIE_VALUE = re.compile(r"[!#-+\--:<-\[\]-~]+\Z")  # RFC 6265 cookie-octet
+
+
+def _cookie_name(v: Any) -> str:
+    if type(v) is not str or not _TOKEN.match(v):
+        raise _bad("a cookie name (letters, digits, !#$%&'*+-.^_`|~)", v)
+    return v
+
+
+def _cookie_value(v: Any) -> str:
+    if type(v) is not str or not _COOKIE_VALUE.match(v):
+        raise _bad("a cookie value (printable ASCII without space, quote, comma, ';' or '\\')",
+                   v)
+    return v
+
+
+_TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+_TLS_TABLE = {"tlsv1.2": "TLSv1.2", "tlsv1_2": "TLSv1.2", "tls1.2": "TLSv1.2",
+              "tlsv1.3": "TLSv1.3", "tlsv1_3": "TLSv1.3", "tls1.3": "TLSv1.3"}
+_OLD_TLS = {"sslv2", "sslv3", "tlsv1", "tlsv1.0", "tlsv1_0", "tlsv1.1", "tlsv1_1", "tls1.0",
+            "tls1.1"}
+
+
+def _tls_versions(v: Any) -> list[str]:
+    if type(v) is not list or not v:
+        raise _bad('a non-empty list among "TLSv1.2", "TLSv1.3"', v)
+    seen = set()
+    for i, item in enumerate(v):
+        key = item.lower() if type(item) is str else None
+        if key in _OLD_TLS:
+            raise _Invalid(f"[{i}]", f"{item} is refused (insecure); use TLSv1.2 or TLSv1.3")
+        if key not in _TLS_TABLE:
+            raise _Invalid(f"[{i}]", f'expected "TLSv1.2" or "TLSv1.3", got {_show(item)}')
+        seen.add(_TLS_TABLE[key])
+    return [version for version in _TLS_VERSIONS if version in seen]
+
+
+# --- order schemas ----------------------------------------------------------------------------
+
+POLICIES = ("RoundRobin", "Random", "LeastConnections", "PowerOfTwo")
+PROXY_PROTOCOLS = ("ExpectHeader", "SendHeader", "RelayHeader")
+LISTENER_PROXIES = ("HTTP", "HTTPS", "TCP")
+
+_req = _REQUIRED
+_timeout = _int_range(1, None)
+
+_APPLICATION = _object({
+    "app_id": (_name, _req),
+    "sticky_session": (_bool, False),
+    "https_redirect": (_bool, False),
+    "proxy_protocol": (_optional(_enum(PROXY_PROTOCOLS)), None),
+    "load_balancing_policy": (_enum(POLICIES), "RoundRobin"),
+    "answer_503": (_optional(_str), None),
+})
+_HTTP_FRONT = _object({
+    "app_id": (_name, _req),
+    "address": (_address, _req),
+    "hostname": (_hostname, _req),
+    "path_begin": (_path_begin, ""),
+})
+_TCP_FRONT = _object({"app_id": (_name, _req), "address": (_address, _req)})
+_BACKEND = _object({
+    "app_id": (_name, _req),
+    "backend_id": (_name, _req),
+    "address": (_address, _req),
+    "sticky_id": (_optional(_cookie_value), None),
+    "load_balancing_parameters": (
+        _optional(_object({"weight": (_int_range(0, 1000), 100)})), None),
+    "backup": (_bool, False),
+})
+_BACKEND_REF = _object({
+    "app_id": (_name, _req), "backend_id": (_name, _req), "address": (_address, _req)})
+_NAMES = _list_of(_hostname, unique=True)
+_CERTIFICATE = _object({
+    "certificate": (_nonempty, _req),
+    "certificate_chain": (_list_of(_nonempty), []),
+    "key": (_nonempty, _req),
+})
+_ADD_CERTIFICATE = _object({
+    "front": (_address, _req), "certificate": (_CERTIFICATE, _req), "names": (_NAMES, [])})
+_REMOVE_CERTIFICATE = _object({
+    "front": (_address, _req), "fingerprint": (_fingerprint, _req), "names": (_NAMES, [])})
+_REPLACE_CERTIFICATE = _object({
+    "front": (_address, _req),
+    "new_certificate": (_CERTIFICATE, _req),
+    "old_fingerprint": (_fingerprint, _req),
+    "new_names": (_NAMES, []),
+})
+_LISTENER_COMMON = {
+    "front": (_address, _req),
+    "public_address": (_optional(_address), None),
+}
+_HTTP_LISTENER_SPEC = {
+    **_LISTENER_COMMON,
+    "answer_404": (_optional(_str), None),
+    "answer_503": (_optional(_str), None),
+    "expect_proxy": (_bool, False),
+    "sticky_name": (_cookie_name, "SOZUBALANCEID"),
+    "front_timeout": (_timeout, 60),
+    "back_timeout": (_timeout, 30),
+    "connect_timeout": (_timeout, 3),
+    "request_timeout": (_timeout, 10),
+}
+_HTTP_LISTENER = _object(_HTTP_LISTENER_SPEC)
+_HTTPS_LISTENER = _object({
+    **_HTTP_LISTENER_SPEC,
+    "versions": (_tls_versions, list(_TLS_VERSIONS)),
+    "cipher_list": (_optional(_nonempty), None),
+})
+_TCP_LISTENER = _object({
+    **_LISTENER_COMMON,
+    "expect_proxy": (_bool, False),
+    "front_timeout": (_timeout, 60),
+    "back_timeout": (_timeout, 30),
+    "connect_timeout": (_timeout, 3),
+})
+_proxy = _enum(LISTENER_PROXIES)
+_REMOVE_LISTENER = _object({"front": (_address, _req), "proxy": (_proxy, _req)})
+_ACTIVATE_LISTENER = _object({
+    "front": (_address, _req), "proxy": (_proxy, _req), "from_scm": (_bool, False)})
+_DEACTIVATE_LISTENER = _object({
+    "front": (_address, _req), "proxy": (_proxy, _req), "to_scm": (_bool, False)})
+
+_QUERY_TYPES = ("APPLICATIONS_HASHES", "APPLICATIONS", "CERTIFICATES")
+_DOMAIN = _object({"hostname": (_hostname, _req), "path_begin": (_optional(_path_begin), None)})
+
+
+def _tagged(v: Any, tags: tuple[str, ...]) -> tuple[str, Any]:
+    """A Sozu `{type: TAG, data: ...}` object: returns (tag, raw data)."""
+    if type(v) is not dict:
+        raise _bad("an object", v)
+    for key in v:
+        if key not in ("type", "data"):
+            raise _Invalid(key, "unknown field")
+    if "type" not in v:
+        raise _Invalid("type", "missing required field")
+    if v["type"] not in tags:
+        raise _Invalid("type", f"expected one of {', '.join(tags)}, got {_show(v['type'])}")
+    return v["type"], v.get("data")
+
+
+def _query(v: Any) -> dict:
+    kind, data = _tagged(v, _QUERY_TYPES)
+    try:
+        if kind != "APPLICATIONS" or data is None:
+            return {"type": kind, "data": _none(data)}
+        sub, value = _tagged(data, ("APP_ID", "DOMAIN"))
+        try:
+            value = _name(value) if sub == "APP_ID" else _DOMAIN(value)
+        except _Invalid as e:
+            raise e.under("data") from None
+        return {"type": kind, "data": {"type": sub, "data": value}}
+    except _Invalid as e:
+        raise e.under("data") from None
+
+
+_STATE_CHECKS: dict[str, Checker] = {
+    "ADD_APPLICATION": _APPLICATION,
+    "REMOVE_APPLICATION": _name,
+    "ADD_HTTP_FRONT": _HTTP_FRONT,
+    "REMOVE_HTTP_FRONT": _HTTP_FRONT,
+    "ADD_HTTPS_FRONT": _HTTP_FRONT,
+    "REMOVE_HTTPS_FRONT": _HTTP_FRONT,
+    "ADD_TCP_FRONT": _TCP_FRONT,
+    "REMOVE_TCP_FRONT": _TCP_FRONT,
+    "ADD_BACKEND": _BACKEND,
+    "REMOVE_BACKEND": _BACKEND_REF,
+    "ADD_CERTIFICATE": _ADD_CERTIFICATE,
+    "REMOVE_CERTIFICATE": _REMOVE_CERTIFICATE,
+    "REPLACE_CERTIFICATE": _REPLACE_CERTIFICATE,
+    "ADD_HTTP_LISTENER": _HTTP_LISTENER,
+    "ADD_HTTPS_LISTENER": _HTTPS_LISTENER,
+    "ADD_TCP_LISTENER": _TCP_LISTENER,
+    "REMOVE_LISTENER": _REMOVE_LISTENER,
+    "ACTIVATE_LISTENER": _ACTIVATE_LISTENER,
+    "DEACTIVATE_LISTENER": _DEACTIVATE_LISTENER,
+}
+_COMMAND_CHECKS: dict[str, Checker] = {
+    "QUERY": _query,
+    "SOFT_STOP": _none,
+    "HARD_STOP": _none,
+    "STATUS": _none,
+    "METRICS": _optional(_enum(("ENABLE", "DISABLE", "CLEAR"))),
+    "LOGGING": _nonempty,
+}
+_ORDER_CHECKS = {**_STATE_CHECKS, **_COMMAND_CHECKS}
+
+STATE_ORDERS: frozenset[str] = frozenset(_STATE_CHECKS)
+COMMAND_ORDERS: frozenset[str] = frozenset(_COMMAND_CHECKS)
 
 
 @dataclass(frozen=True)
 class Order:
+    """One order. Build it with `from_json` (which also takes plain Python dicts): a directly
+    constructed Order is not checked, and `ConfigState.dispatch` trusts its data's shape."""
+
     type: str
     data: Any = None
 
+    @classmethod
+    def from_json(cls, obj: Any) -> "Order":
+        if type(obj) is not dict:
+            raise MessageError(f"order: expected an object, got {_show(obj)}")
+        kind = obj.get("type")
+        if "type" not in obj:
+            raise MessageError("order: type: missing required field")
+        check = _ORDER_CHECKS.get(kind) if type(kind) is str else None
+        if check is None:
+            raise MessageError(f"order: type: unknown order type {_show(kind)}")
+        for key in obj:
+            if key != "type" and key != "data":
+                raise MessageError(f"{kind}: {key}: unknown field")
+        try:
+            return cls(kind, check(obj.get("data")))
+        except _Invalid as e:
+            e.under("data")
+            raise MessageError(f"{kind}: {e.path}: {e.text}") from None
+
     def to_json(self) -> dict:
+        """The normalised JSON object (shares `data`: do not mutate it)."""
         return {"type": self.type, "data": self.data}
+
+
+# --- requests and answers ---------------------------------------------------------------------
+
+REQUEST_TYPES = frozenset({
+    "PROXY", "SAVE_STATE", "LOAD_STATE", "DUMP_STATE", "LIST_WORKERS", "UPGRADE_MASTER",
+    "UPGRADE_WORKER", "SUBSCRIBE_EVENTS"})
+_PATH = _object({"path": (_nonempty, _req)})
+_REQUEST_DATA: dict[str, Checker] = {
+    "SAVE_STATE": _PATH,
+    "LOAD_STATE": _PATH,
+    "DUMP_STATE": _none,
+    "LIST_WORKERS": _none,
+    "UPGRADE_MASTER": _none,
+    "UPGRADE_WORKER": _int_range(0, None),
+    "SUBSCRIBE_EVENTS": _none,
+}
+_REQUEST_FIELDS = frozenset({"id", "version", "type", "data", "worker_id"})
+_ANSWER_FIELDS = frozenset({"id", "version", "status", "message", "data"})
+ANSWER_STATUSES = ("OK", "PROCESSING", "ERROR")
+_version = _int_range(0, None)
+
+
+def _field(where: str, obj: dict, name: str, check: Checker, default: Any = _REQUIRED) -> Any:
+    if name not in obj:
+        if default is _REQUIRED:
+            raise MessageError(f"{where}: {name}: missing required field")
+        return default
+    try:
+        return check(obj[name])
+    except _Invalid as e:
+        raise MessageError(f"{where}: {e.under(name).path}: {e.text}") from None
+
+
+@dataclass(frozen=True)
+class Request:
+    """A command-socket request; for PROXY, `data` is an `Order`."""
+
+    id: str
+    type: str
+    data: Any = None
+    worker_id: int | None = None
+    version: int = 0
+
+    @classmethod
+    def from_json(cls, obj: Any) -> "Request":
+        if type(obj) is not dict:
+            raise MessageError(f"request: expected an object, got {_show(obj)}")
+        request_id = obj.get("id") if type(obj.get("id")) is str else None
+        try:
+            return cls._from_json(obj)
+        except MessageError as e:
+            e.id = request_id
+            raise
+
+    @classmethod
+    def _from_json(cls, obj: dict) -> "Request":
+        for key in obj:
+            if key not in _REQUEST_FIELDS:
+                raise MessageError(f"request: {key}: unknown field")
+        request_id = _field("request", obj, "id", _str)
+        version = _field("request", obj, "version", _version, 0)
+        worker_id = _field("request", obj, "worker_id", _optional(_int_range(0, None)), None)
+        kind = _field("request", obj, "type", _str)
+        if kind == "PROXY":
+            if obj.get("data") is None:
+                raise MessageError("request: data: expected an order, got null")
+            data = Order.from_json(obj["data"])
+        elif kind in _REQUEST_DATA:
+            data = _field("request", obj, "data", _REQUEST_DATA[kind], None)
+        else:
+            raise MessageError(f"request: type: unknown request type {_show(kind)}")
+        return cls(request_id, kind, data, worker_id, version)
+
+    def to_json(self) -> dict:
+        obj: dict[str, Any] = {"id": self.id, "version": self.version, "type": self.type}
+        if self.data is not None:
+            obj["data"] = self.data.to_json() if isinstance(self.data, Order) else self.data
+        if self.worker_id is not None:
+            obj["worker_id"] = self.worker_id
+        return obj
+
+
+@dataclass(frozen=True)
+class Answer:
+    id: str
+    status: str
+    message: str = ""
+    data: Any = None
+    version: int = 0
+
+    @classmethod
+    def ok(cls, id: str, data: Any = None, message: str = "") -> "Answer":
+        return cls(id, "OK", message, data)
+
+    @classmethod
+    def processing(cls, id: str, message: str = "") -> "Answer":
+        return cls(id, "PROCESSING", message)
+
+    @classmethod
+    def error(cls, id: str, message: str) -> "Answer":
+        return cls(id, "ERROR", message)
+
+    @classmethod
+    def from_json(cls, obj: Any) -> "Answer":
+        if type(obj) is not dict:
+            raise MessageError(f"answer: expected an object, got {_show(obj)}")
+        for key in obj:
+            if key not in _ANSWER_FIELDS:
+                raise MessageError(f"answer: {key}: unknown field")
+        return cls(
+            _field("answer", obj, "id", _str),
+            _field("answer", obj, "status", _enum(ANSWER_STATUSES)),
+            _field("answer", obj, "message", _str, ""),
+            obj.get("data"),  # any JSON: the client shows what the proxy sent
+            _field("answer", obj, "version", _version, 0),
+        )
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "version": self.version, "status": self.status,
+                "message": self.message, "data": self.data}
+
+
+# --- framing ----------------------------------------------------------------------------------
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def encode(obj: dict) -> bytes:
+    """Compact UTF-8 JSON + NUL (JSON escapes control characters, so no NUL inside)."""
+    text = _dumps(obj)
+    try:
+        return text.encode("utf-8") + b"\0"
+    except UnicodeEncodeError:  # a lone surrogate from a "\udXXX" escape: keep it escaped
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("ascii") + b"\0"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_WHITESPACE = b" \t\r\n"
+
+
+def _decode(raw: bytes) -> dict | MessageError | None:
+    """One framed message -> its object, a MessageError, or None when blank."""
+    raw = raw.strip(_WHITESPACE)
+    if not raw:
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return MessageError(f"message is not valid UTF-8 (byte {e.start})")
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as e:
+        return MessageError(f"message is not valid JSON: {e}")
+    if type(obj) is not dict:
+        return MessageError(f"expected a JSON object, got {_show(obj)}")
+    return obj
+
+
+class Decoder:
+    """Splits a byte stream into NUL-terminated JSON objects (sans-IO)."""
+
+    def __init__(self, max_size: int):
+        self.max_size = max_size
+        self._pending = bytearray()
+
+    def feed(self, data: bytes) -> list[dict | MessageError]:
+        out: list[dict | MessageError] = []
+        if b"\0" not in data:
+            self._pending += data
+            self._check_pending(out)
+            return out
+        first, *middle, rest = data.split(b"\0")
+        self._pending += first
+        frames = [bytes(self._pending), *middle]
+        self._pending.clear()
+        for frame in frames:
+            if len(frame) > self.max_size:
+                raise FrameTooLarge(f"message over the size limit of {self.max_size} bytes",
+                                    out)
+            message = _decode(frame)
+            if message is not None:
+                out.append(message)
+        self._pending += rest
+        self._check_pending(out)
+        return out
+
+    def _check_pending(self, out: list) -> None:
+        if len(self._pending) > self.max_size:
+            self._pending.clear()
+            raise FrameTooLarge(f"message over the size limit of {self.max_size} bytes", out)
+
+
+# --- saved state ------------------------------------------------------------------------------
+
+
+def dump_orders(orders: Iterable[Order]) -> bytes:
+    """Sozu's saved-state format: one PROXY request per order, `JSON\\n\\0` each."""
+    return b"".join(encode(Request(f"SAVE-{i}", "PROXY", order).to_json())[:-1] + b"\n\0"
+                    for i, order in enumerate(orders))
+
+
+_SEPARATORS = re.compile(r"[ \t\r\n\x00]*")
+_JSON_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def load_orders(data: bytes) -> list[Order]:
+    """Parse a saved state: PROXY requests separated by `\\n\\0`, `\\0` or blanks; only state
+    orders. MessageError names the message index (from 0)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise MessageError(f"saved state: not valid UTF-8 (byte {e.start})") from None
+    orders: list[Order] = []
+    pos = _SEPARATORS.match(text).end()
+    while pos < len(text):
+        where = f"saved state: message {len(orders)}"
+        try:
+            obj, pos = _JSON_DECODER.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            raise MessageError(f"{where}: not valid JSON: {e}") from None
+        except (ValueError, RecursionError) as e:
+            raise MessageError(f"{where}: not valid JSON: {e}") from None
+        try:
+            request = Request.from_json(obj)
+        except MessageError as e:
+            raise MessageError(f"{where}: {e}") from None
+        if request.type != "PROXY":
+            raise MessageError(f"{where}: expected a PROXY request, got {request.type}")
+        if request.data.type not in STATE_ORDERS:
+            raise MessageError(f"{where}: {request.data.type} is not a state order")
+        orders.append(request.data)
+        pos = _SEPARATORS.match(text, pos).end()
+    return orders
