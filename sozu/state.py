@@ -1,0 +1,585 @@
+"""ConfigState: the routing configuration as data, changed only by `dispatch(order)` (pure).
+
+Theory of operation: the master and every worker hold a ConfigState and apply the same orders
+with the same `dispatch`, so they agree by construction. Orders come out of
+`Order.from_json`, already typed and normalised; dispatch only checks them against the state
+(does the application exist, is the listener of the right protocol, is the front taken?).
+Every handler checks first and mutates last, with mutations that cannot fail, so an order that
+raises StateError leaves the state as it was.
+
+The values held in the dicts (an application's settings, a backend, a listener's config) are
+the very dicts the orders carried, and are never mutated in place: a change replaces them.
+That makes `copy()` a copy of the containers only. Readers must treat them as read-only.
+
+Invariants: `backends` has no empty lists and `certificates` no empty dicts (the last removal
+drops the key), so equality of two states is equality of their dicts.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from sozu.messages import COMMAND_ORDERS, Order
+
+
+class StateError(ValueError):
+    """An order that does not apply to the current state; the text says what is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    protocol: str  # "http" | "https" | "tcp"
+    config: dict  # the normalised ADD_*_LISTENER data
+    active: bool = False
+
+
+# --- certificates -----------------------------------------------------------------------------
+
+_PEM_CERTIFICATE = re.compile(
+    r"-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]*)-----END CERTIFICATE-----")
+_PEM_KEY = re.compile(r"-----BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY-----"
+                      r"[A-Za-z0-9+/=\s]+-----END \1PRIVATE KEY-----")
+
+
+@functools.lru_cache(maxsize=256)
+def fingerprint(pem: str) -> str:
+    """Lower-case hex SHA-256 of the DER of the first certificate in `pem`; StateError."""
+    m = _PEM_CERTIFICATE.search(pem)
+    if m is None:
+        raise StateError("not a PEM certificate (no valid BEGIN/END CERTIFICATE block)")
+    try:
+        der = base64.b64decode("".join(m.group(1).split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise StateError("not a PEM certificate (bad base64)") from None
+    if not _is_der_sequence(der):
+        raise StateError("not a PEM certificate (the content is not a DER certificate)")
+    return hashlib.sha256(der).hexdigest()
+
+
+def _is_der_sequence(der: bytes) -> bool:
+    """One DER SEQUENCE spanning exactly the whole buffer (what an X.509 certificate is)."""
+    if len(der) < 2 or der[0] != 0x30:
+        return False
+    if der[1] < 0x80:
+        return 2 + der[1] == len(der)
+    size = der[1] & 0x7F
+    if not 1 <= size <= 4 or len(der) < 2 + size:
+        return False
+    return 2 + size + int.from_bytes(der[2:2 + size], "big") == len(der)
+
+
+def _certificate_entry(certificate: dict, names: list) -> tuple[str, dict]:
+    """(fingerprint, stored entry) for an order's `certificate` object; StateError."""
+    leaf = fingerprint(certificate["certificate"])
+    for i, pem in enumerate(certificate["certificate_chain"]):
+        try:
+            fingerprint(pem)
+        except StateError as e:
+            raise StateError(f"certificate_chain[{i}]: {e}") from None
+    key = _PEM_KEY.search(certificate["key"])
+    if key is None:
+        raise StateError("key: not a PEM private key")
+    if "ENCRYPTED" in key.group(1):
+        raise StateError("key: encrypted private keys are not supported")
+    return leaf, {"certificate": certificate["certificate"],
+                  "certificate_chain": list(certificate["certificate_chain"]),
+                  "key": certificate["key"], "names": list(names)}
+
+
+# --- listener addresses -----------------------------------------------------------------------
+
+def _split(address: str) -> tuple[int, str, str]:
+    """(family 4|6, ip, port) of a normalised address."""
+    host, port = address.rsplit(":", 1)
+    return (6, host[1:-1], port) if host[0] == "[" else (4, host, port)
+
+
+def _overlaps(a: str, b: str) -> bool:
+    """Two different addresses that cannot both be bound: same port and family, one of them
+    the wildcard (0.0.0.0 or ::)."""
+    fa, ipa, pa = _split(a)
+    fb, ipb, pb = _split(b)
+    return pa == pb and fa == fb and (ipa in ("0.0.0.0", "::") or ipb in ("0.0.0.0", "::"))
+
+
+_ADD_LISTENER = {"http": "ADD_HTTP_LISTENER", "https": "ADD_HTTPS_LISTENER",
+                 "tcp": "ADD_TCP_LISTENER"}
+
+
+def _front(key: tuple[str, str, str], app_id: str) -> dict:
+    return {"app_id": app_id, "address": key[0], "hostname": key[1], "path_begin": key[2]}
+
+
+def _host_matches(pattern: str, hostname: str) -> bool:
+    """A front hostname `pattern` serves `hostname`: equal, or `*.rest` and one more label."""
+    if pattern == hostname:
+        return True
+    if pattern.startswith("*.") and not hostname.startswith("*."):
+        label, _, rest = hostname.partition(".")
+        return bool(label) and rest == pattern[2:]
+    return False
+
+
+class ConfigState:
+    """Listeners, applications, frontends, backends and certificates (see module docstring)."""
+
+    def __init__(self) -> None:
+        self.listeners: dict[str, Listener] = {}
+        self.applications: dict[str, dict] = {}
+        self.http_fronts: dict[tuple[str, str, str], str] = {}
+        self.https_fronts: dict[tuple[str, str, str], str] = {}
+        self.tcp_fronts: dict[str, str] = {}
+        self.backends: dict[str, list[dict]] = {}
+        self.certificates: dict[str, dict[str, dict]] = {}
+
+    @classmethod
+    def from_orders(cls, orders: Iterable[Order]) -> "ConfigState":
+        state = cls()
+        for order in orders:
+            state.dispatch(order)
+        return state
+
+    def copy(self) -> "ConfigState":
+        new = ConfigState()
+        new.listeners = dict(self.listeners)
+        new.applications = dict(self.applications)
+        new.http_fronts = dict(self.http_fronts)
+        new.https_fronts = dict(self.https_fronts)
+        new.tcp_fronts = dict(self.tcp_fronts)
+        new.backends = {app_id: list(b) for app_id, b in self.backends.items()}
+        new.certificates = {addr: dict(c) for addr, c in self.certificates.items()}
+        return new
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ConfigState):
+            return NotImplemented
+        return (self.listeners == other.listeners
+                and self.applications == other.applications
+                and self.http_fronts == other.http_fronts
+                and self.https_fronts == other.https_fronts
+                and self.tcp_fronts == other.tcp_fronts
+                and {k: v for k, v in self.backends.items() if v}
+                == {k: v for k, v in other.backends.items() if v}
+                and {k: v for k, v in self.certificates.items() if v}
+                == {k: v for k, v in other.certificates.items() if v})
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"<ConfigState {len(self.listeners)} listeners, {len(self.applications)} "
+                f"applications, {len(self.http_fronts) + len(self.https_fronts)} http(s) "
+                f"fronts, {len(self.tcp_fronts)} tcp fronts, "
+                f"{sum(map(len, self.backends.values()))} backends, "
+                f"{sum(map(len, self.certificates.values()))} certificates>")
+
+    # --- dispatch -----------------------------------------------------------------------------
+
+    def dispatch(self, order: Order) -> None:
+        """Apply one state order, or raise StateError and change nothing."""
+        handler = _HANDLERS.get(order.type)
+        if handler is None:
+            if order.type in COMMAND_ORDERS:
+                raise StateError(f"{order.type} is not a state order")
+            raise StateError(f"unknown order type {order.type!r}: not a state order")
+        try:
+            handler(self, order.data)
+        except StateError:
+            raise
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
+            # Only an Order built without from_json gets here; handlers check before mutating.
+            raise StateError(f"{order.type}: malformed order data ({type(e).__name__}: {e}); "
+                             "build orders with Order.from_json") from None
+
+    def _application(self, app_id: str) -> None:
+        if app_id not in self.applications:
+            raise StateError(f"no application {app_id}")
+
+    def _listener(self, address: str, protocol: str) -> Listener:
+        listener = self.listeners.get(address)
+        if listener is None:
+            raise StateError(f"no {protocol} listener at {address}")
+        if listener.protocol != protocol:
+            raise StateError(f"the listener at {address} is {listener.protocol}, not {protocol}")
+        return listener
+
+    def _add_application(self, data: dict) -> None:
+        self.applications[data["app_id"]] = data
+
+    def _remove_application(self, app_id: str) -> None:
+        self._application(app_id)
+        http = [key for key, app in self.http_fronts.items() if app == app_id]
+        https = [key for key, app in self.https_fronts.items() if app == app_id]
+        tcp = [key for key, app in self.tcp_fronts.items() if app == app_id]
+        for key in http:
+            del self.http_fronts[key]
+        for key in https:
+            del self.https_fronts[key]
+        for address in tcp:
+            del self.tcp_fronts[address]
+        self.backends.pop(app_id, None)
+        del self.applications[app_id]
+
+    def _add_http_front(self, data: dict, protocol: str = "http") -> None:
+        fronts = self.https_fronts if protocol == "https" else self.http_fronts
+        app_id, address = data["app_id"], data["address"]
+        self._application(app_id)
+        self._listener(address, protocol)
+        key = (address, data["hostname"], data["path_begin"])
+        current = fronts.get(key)
+        if current is not None and current != app_id:
+            raise StateError(f"{protocol} front {key[1]}{key[2]} on {address} already routes to "
+                             f"application {current}")
+        fronts[key] = app_id
+
+    def _add_https_front(self, data: dict) -> None:
+        self._add_http_front(data, "https")
+
+    def _remove_http_front(self, data: dict, protocol: str = "http") -> None:
+        fronts = self.https_fronts if protocol == "https" else self.http_fronts
+        key = (data["address"], data["hostname"], data["path_begin"])
+        current = fronts.get(key)
+        if current is None:
+            raise StateError(f"no {protocol} front {key[1]}{key[2]} on {key[0]}")
+        if current != data["app_id"]:
+            raise StateError(f"the {protocol} front {key[1]}{key[2]} on {key[0]} belongs to "
+                             f"application {current}, not {data['app_id']}")
+        del fronts[key]
+
+    def _remove_https_front(self, data: dict) -> None:
+        self._remove_http_front(data, "https")
+
+    def _add_tcp_front(self, data: dict) -> None:
+        app_id, address = data["app_id"], data["address"]
+        self._application(app_id)
+        self._listener(address, "tcp")
+        current = self.tcp_fronts.get(address)
+        if current is not None and current != app_id:
+            raise StateError(f"the tcp listener {address} already routes to application {current}")
+        self.tcp_fronts[address] = app_id
+
+    def _remove_tcp_front(self, data: dict) -> None:
+        address = data["address"]
+        current = self.tcp_fronts.get(address)
+        if current is None:
+            raise StateError(f"no tcp front on {address}")
+        if current != data["app_id"]:
+            raise StateError(f"the tcp front on {address} belongs to application {current}, "
+                             f"not {data['app_id']}")
+        del self.tcp_fronts[address]
+
+    def _add_backend(self, data: dict) -> None:
+        app_id = data["app_id"]
+        self._application(app_id)
+        backends = self.backends.get(app_id)
+        if backends is None:
+            self.backends[app_id] = [data]
+            return
+        backend_id, address = data["backend_id"], data["address"]
+        for i, backend in enumerate(backends):
+            if backend["backend_id"] == backend_id and backend["address"] == address:
+                backends[i] = data
+                return
+        backends.append(data)
+
+    def _remove_backend(self, data: dict) -> None:
+        app_id, backend_id, address = data["app_id"], data["backend_id"], data["address"]
+        self._application(app_id)
+        backends = self.backends.get(app_id, ())
+        for i, backend in enumerate(backends):
+            if backend["backend_id"] == backend_id and backend["address"] == address:
+                if len(backends) == 1:
+                    del self.backends[app_id]
+                else:
+                    del backends[i]
+                return
+        raise StateError(f"no backend {backend_id} at {address} in application {app_id}")
+
+    def _add_certificate(self, data: dict) -> None:
+        front = data["front"]
+        self._listener(front, "https")
+        fp, entry = _certificate_entry(data["certificate"], data["names"])
+        self.certificates.setdefault(front, {})[fp] = entry
+
+    def _known_certificate(self, front: str, fp: str) -> dict:
+        self._listener(front, "https")
+        certificates = self.certificates.get(front)
+        if certificates is None or fp not in certificates:
+            raise StateError(f"no certificate {fp} on the listener {front}")
+        return certificates
+
+    def _remove_certificate(self, data: dict) -> None:
+        front, fp = data["front"], data["fingerprint"]
+        certificates = self._known_certificate(front, fp)
+        if len(certificates) == 1:
+            del self.certificates[front]
+        else:
+            del certificates[fp]
+
+    def _replace_certificate(self, data: dict) -> None:
+        front, old = data["front"], data["old_fingerprint"]
+        certificates = self._known_certificate(front, old)
+        fp, entry = _certificate_entry(data["new_certificate"], data["new_names"])
+        del certificates[old]
+        certificates[fp] = entry
+
+    def _add_listener(self, data: dict, protocol: str) -> None:
+        address = data["front"]
+        existing = self.listeners.get(address)
+        if existing is not None:
+            raise StateError(f"a {existing.protocol} listener already uses {address}")
+        for other in self.listeners:
+            if _overlaps(address, other):
+                raise StateError(f"the address {address} overlaps the listener at {other} (same "
+                                 "port, and one of them listens on every address)")
+        self.listeners[address] = Listener(protocol, data, False)
+
+    def _add_http_listener(self, data: dict) -> None:
+        self._add_listener(data, "http")
+
+    def _add_https_listener(self, data: dict) -> None:
+        self._add_listener(data, "https")
+
+    def _add_tcp_listener(self, data: dict) -> None:
+        self._add_listener(data, "tcp")
+
+    def _remove_listener(self, data: dict) -> None:
+        address = data["front"]
+        self._listener(address, data["proxy"].lower())
+        http = [key for key in self.http_fronts if key[0] == address]
+        https = [key for key in self.https_fronts if key[0] == address]
+        for key in http:
+            del self.http_fronts[key]
+        for key in https:
+            del self.https_fronts[key]
+        self.tcp_fronts.pop(address, None)
+        self.certificates.pop(address, None)
+        del self.listeners[address]
+
+    def _activate_listener(self, data: dict, active: bool = True) -> None:
+        address = data["front"]
+        listener = self._listener(address, data["proxy"].lower())
+        if listener.active != active:
+            self.listeners[address] = Listener(listener.protocol, listener.config, active)
+
+    def _deactivate_listener(self, data: dict) -> None:
+        self._activate_listener(data, False)
+
+    # --- orders out ---------------------------------------------------------------------------
+
+    def to_orders(self) -> list[Order]:
+        """Orders that rebuild this state from an empty one, in dependency order."""
+        listeners = sorted(self.listeners.items())
+        orders = [Order(_ADD_LISTENER[l.protocol], l.config) for _, l in listeners]
+        orders += [_activate(address, l.protocol) for address, l in listeners if l.active]
+        orders += [_add_certificate(address, cert)
+                   for address, certs in sorted(self.certificates.items())
+                   for _, cert in sorted(certs.items())]
+        orders += [Order("ADD_APPLICATION", app) for _, app in sorted(self.applications.items())]
+        orders += [Order("ADD_BACKEND", b)
+                   for _, backends in sorted(self.backends.items()) for b in backends]
+        orders += [Order("ADD_HTTP_FRONT", _front(key, app))
+                   for key, app in sorted(self.http_fronts.items())]
+        orders += [Order("ADD_HTTPS_FRONT", _front(key, app))
+                   for key, app in sorted(self.https_fronts.items())]
+        orders += [Order("ADD_TCP_FRONT", {"app_id": app, "address": address})
+                   for address, app in sorted(self.tcp_fronts.items())]
+        return orders
+
+    def diff(self, other: "ConfigState") -> list[Order]:
+        """Orders that turn self into other: every removal first (fronts, backends,
+        certificates, then applications and listeners), then every addition in dependency
+        order. A listener whose protocol or config changes is removed and added again, with
+        its fronts and certificates."""
+        removals: list[Order] = []
+        additions: list[Order] = []
+        replaced = {address for address, l in self.listeners.items()
+                    if (o := other.listeners.get(address)) is None
+                    or (o.protocol, o.config) != (l.protocol, l.config)}
+
+        for protocol, mine, theirs in (("HTTP", self.http_fronts, other.http_fronts),
+                                       ("HTTPS", self.https_fronts, other.https_fronts)):
+            removals += [Order(f"REMOVE_{protocol}_FRONT", _front(key, app))
+                         for key, app in sorted(mine.items())
+                         if key[0] in replaced or theirs.get(key) != app]
+        removals += [Order("REMOVE_TCP_FRONT", {"app_id": app, "address": address})
+                     for address, app in sorted(self.tcp_fronts.items())
+                     if address in replaced or other.tcp_fronts.get(address) != app]
+
+        backend_additions = []
+        for app_id in sorted(self.backends.keys() | other.backends.keys()):
+            removed, added = _diff_backends(self.backends.get(app_id, []),
+                                            other.backends.get(app_id, []))
+            removals += [Order("REMOVE_BACKEND", {"app_id": app_id, "backend_id": b["backend_id"],
+                                                  "address": b["address"]}) for b in removed]
+            backend_additions += [Order("ADD_BACKEND", b) for b in added]
+
+        for address, certs in sorted(self.certificates.items()):
+            theirs = other.certificates.get(address, {})
+            removals += [Order("REMOVE_CERTIFICATE", {"front": address, "fingerprint": fp,
+                                                      "names": list(cert["names"])})
+                         for fp, cert in sorted(certs.items())
+                         if address in replaced or fp not in theirs]
+        removals += [Order("REMOVE_APPLICATION", app_id) for app_id in sorted(self.applications)
+                     if app_id not in other.applications]
+        for address, l in sorted(self.listeners.items()):
+            if address in replaced:
+                removals.append(Order("REMOVE_LISTENER",
+                                      {"front": address, "proxy": l.protocol.upper()}))
+            elif l.active and not other.listeners[address].active:
+                removals.append(Order("DEACTIVATE_LISTENER", {
+                    "front": address, "proxy": l.protocol.upper(), "to_scm": False}))
+
+        fresh = {address for address in other.listeners
+                 if address in replaced or address not in self.listeners}
+        for address, l in sorted(other.listeners.items()):
+            if address in fresh:
+                additions.append(Order(_ADD_LISTENER[l.protocol], l.config))
+        for address, l in sorted(other.listeners.items()):
+            if l.active and (address in fresh or not self.listeners[address].active):
+                additions.append(_activate(address, l.protocol))
+        for address, certs in sorted(other.certificates.items()):
+            mine = {} if address in fresh else self.certificates.get(address, {})
+            additions += [_add_certificate(address, cert) for fp, cert in sorted(certs.items())
+                          if mine.get(fp) != cert]
+        additions += [Order("ADD_APPLICATION", app)
+                      for app_id, app in sorted(other.applications.items())
+                      if self.applications.get(app_id) != app]
+        additions += backend_additions
+        for protocol, mine, theirs in (("HTTP", self.http_fronts, other.http_fronts),
+                                       ("HTTPS", self.https_fronts, other.https_fronts)):
+            additions += [Order(f"ADD_{protocol}_FRONT", _front(key, app))
+                          for key, app in sorted(theirs.items())
+                          if key[0] in fresh or mine.get(key) != app]
+        additions += [Order("ADD_TCP_FRONT", {"app_id": app, "address": address})
+                      for address, app in sorted(other.tcp_fronts.items())
+                      if address in fresh or self.tcp_fronts.get(address) != app]
+        return removals + additions
+
+    # --- queries ------------------------------------------------------------------------------
+
+    def _fronts_by_application(self) -> dict[str, dict[str, list[dict]]]:
+        grouped: dict[str, dict[str, list[dict]]] = {
+            app_id: {"http_frontends": [], "https_frontends": [], "tcp_frontends": []}
+            for app_id in self.applications}
+        for kind, fronts in (("http_frontends", self.http_fronts),
+                             ("https_frontends", self.https_fronts)):
+            for key, app_id in sorted(fronts.items()):
+                grouped[app_id][kind].append(_front(key, app_id))
+        for address, app_id in sorted(self.tcp_fronts.items()):
+            grouped[app_id]["tcp_frontends"].append({"app_id": app_id, "address": address})
+        return grouped
+
+    def _application_view(self, app_id: str, fronts: dict[str, list[dict]]) -> dict:
+        return {"app_id": app_id,
+                "configuration": dict(self.applications[app_id]),
+                **fronts,
+                "backends": [dict(b) for b in self.backends.get(app_id, ())]}
+
+    def application_hash(self, app_id: str) -> str:
+        """Stable SHA-256 (hex) of an application's settings, fronts and backends."""
+        self._application(app_id)
+        return _hash(self._application_view(app_id, self._fronts_by_application()[app_id]))
+
+    def hashes(self) -> dict[str, str]:
+        grouped = self._fronts_by_application()
+        return {app_id: _hash(self._application_view(app_id, grouped[app_id]))
+                for app_id in sorted(self.applications)}
+
+    def query_applications(self, app_id: str | None = None, domain: str | None = None,
+                           path_begin: str | None = None) -> list[dict]:
+        """Applications with their settings, fronts and backends, sorted by app_id.
+        `domain` keeps the applications with an http(s) front that serves this host name
+        (equal, or by a `*.` wildcard); with `path_begin` too, a front whose path_begin is a
+        prefix of it."""
+        grouped = self._fronts_by_application()
+        domain = domain.lower() if domain is not None else None
+        views = []
+        for app in sorted(self.applications):
+            if app_id is not None and app != app_id:
+                continue
+            fronts = grouped[app]
+            if domain is not None and not any(
+                    _host_matches(f["hostname"], domain)
+                    and (path_begin is None or path_begin.startswith(f["path_begin"]))
+                    for f in fronts["http_frontends"] + fronts["https_frontends"]):
+                continue
+            views.append(self._application_view(app, fronts))
+        return views
+
+    def to_json(self) -> dict:
+        """A JSON-able dump for DUMP_STATE (no private keys)."""
+        return {
+            "listeners": [{"address": address, "protocol": l.protocol, "active": l.active,
+                           "config": dict(l.config)}
+                          for address, l in sorted(self.listeners.items())],
+            "applications": self.query_applications(),
+            "certificates": [{"address": address, "fingerprint": fp,
+                              "names": list(cert["names"])}
+                             for address, certs in sorted(self.certificates.items())
+                             for fp, cert in sorted(certs.items())],
+        }
+
+
+def _activate(address: str, protocol: str) -> Order:
+    return Order("ACTIVATE_LISTENER",
+                 {"front": address, "proxy": protocol.upper(), "from_scm": False})
+
+
+def _add_certificate(address: str, cert: dict) -> Order:
+    return Order("ADD_CERTIFICATE", {
+        "front": address,
+        "certificate": {"certificate": cert["certificate"],
+                        "certificate_chain": list(cert["certificate_chain"]),
+                        "key": cert["key"]},
+        "names": list(cert["names"])})
+
+
+def _diff_backends(mine: list[dict], theirs: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(to remove, to add) turning the list `mine` into `theirs`, order included: ADD_BACKEND
+    replaces a known backend in place and appends a new one, so keep the longest common
+    prefix (by identity), remove what follows it, and add the rest of `theirs` again."""
+    def identity(b: dict) -> tuple[str, str]:
+        return b["backend_id"], b["address"]
+
+    wanted = {identity(b) for b in theirs}
+    kept = [b for b in mine if identity(b) in wanted]
+    removed = [b for b in mine if identity(b) not in wanted]
+    k = 0
+    while k < len(kept) and k < len(theirs) and identity(kept[k]) == identity(theirs[k]):
+        k += 1
+    changed = [new for old, new in zip(kept[:k], theirs[:k]) if old != new]
+    return removed + kept[k:], changed + theirs[k:]
+
+
+def _hash(view: dict) -> str:
+    text = json.dumps(view, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+_HANDLERS = {
+    "ADD_APPLICATION": ConfigState._add_application,
+    "REMOVE_APPLICATION": ConfigState._remove_application,
+    "ADD_HTTP_FRONT": ConfigState._add_http_front,
+    "REMOVE_HTTP_FRONT": ConfigState._remove_http_front,
+    "ADD_HTTPS_FRONT": ConfigState._add_https_front,
+    "REMOVE_HTTPS_FRONT": ConfigState._remove_https_front,
+    "ADD_TCP_FRONT": ConfigState._add_tcp_front,
+    "REMOVE_TCP_FRONT": ConfigState._remove_tcp_front,
+    "ADD_BACKEND": ConfigState._add_backend,
+    "REMOVE_BACKEND": ConfigState._remove_backend,
+    "ADD_CERTIFICATE": ConfigState._add_certificate,
+    "REMOVE_CERTIFICATE": ConfigState._remove_certificate,
+    "REPLACE_CERTIFICATE": ConfigState._replace_certificate,
+    "ADD_HTTP_LISTENER": ConfigState._add_http_listener,
+    "ADD_HTTPS_LISTENER": ConfigState._add_https_listener,
+    "ADD_TCP_LISTENER": ConfigState._add_tcp_listener,
+    "REMOVE_LISTENER": ConfigState._remove_listener,
+    "ACTIVATE_LISTENER": ConfigState._activate_listener,
+    "DEACTIVATE_LISTENER": ConfigState._deactivate_listener,
+}
