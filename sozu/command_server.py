@@ -1,0 +1,418 @@
+"""The command socket: sozuctl's requests, answered by the master and its workers (master only).
+
+Theory of operation
+-------------------
+A unix stream socket (mode 0600) at `command_socket`, served by the master's selectors loop. Each
+client has a Decoder and an outbox; reads and writes are non-blocking, so a client that stalls,
+sends garbage or disconnects mid-message costs only its own connection. A message over the size
+limit closes that connection; any other bad message gets an ERROR answer and changes nothing.
+
+A request that changes the state (a PROXY request carrying a state order) is applied to the
+master's ConfigState first: that is the validation, and a refused order reaches no worker. Then
+it goes to every worker over its channel, and a Task collects their answers: the client gets OK
+when all have applied it, ERROR naming the workers that refused or did not answer within
+ctl_command_timeout. Queries (STATUS, METRICS, QUERY) are Tasks too, whose answer merges the
+workers' data. A worker that refuses an order the master accepted is out of step with the state:
+it is replaced by a fresh one, forked from the current state.
+"""
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import selectors
+import socket
+import stat
+import time
+
+from sozu import logs
+from sozu.messages import Decoder, FrameTooLarge, MessageError, Order, Request, STATE_ORDERS, dump_orders, encode, load_orders
+from sozu.metrics import aggregate
+from sozu.state import ConfigState, StateError
+
+log = logging.getLogger("sozu.command")
+
+MAX_OUTBOX = 16 << 20  # a client that reads nothing is dropped past this
+ENV_COMMAND_FD = "SOZU_COMMAND_FD"
+
+
+class Client:
+    def __init__(self, sock, max_size: int):
+        self.sock = sock
+        self.decoder = Decoder(max_size)
+        self.outbox = bytearray()
+        self.closed = False
+        self.subscribed: str | None = None  # request id of SUBSCRIBE_EVENTS
+
+    def send(self, answer: dict) -> None:
+        if self.closed:
+            return
+        self.outbox += encode(answer)
+        self.flush()
+
+    def flush(self) -> None:
+        while self.outbox and not self.closed:
+            try:
+                sent = self.sock.send(self.outbox)
+            except BlockingIOError:
+                break
+            except OSError:
+                self.closed = True
+                return
+            del self.outbox[:sent]
+        if len(self.outbox) > MAX_OUTBOX:
+            self.closed = True
+
+
+def _answer(request_id, status: str, message: str = "", data=None) -> dict:
+    return {"id": request_id, "version": 0, "status": status, "message": message, "data": data}
+
+
+class Task:
+    """One request waiting for the workers' answers."""
+
+    def __init__(self, client: Client, request_id: str, kind: str, pending: dict, deadline: float, finish):
+        self.client = client
+        self.request_id = request_id
+        self.kind = kind
+        self.pending = pending          # channel message id -> worker id
+        self.answers: dict[int, dict] = {}
+        self.deadline = deadline
+        self.finish = finish            # finish(task, missing_worker_ids) -> answer dict
+
+    def done(self, missing=()) -> None:
+        self.client.send(self.finish(self, list(missing)))
+
+
+class CommandServer:
+    def __init__(self, config, sock: socket.socket):
+        self.config = config
+        self.path = config.command_socket
+        self.sock = sock
+        self.master = None
+        self.selector = None
+        self.clients: dict[int, Client] = {}
+        self.tasks: dict[str, Task] = {}  # channel message id -> task
+        self.ids = itertools.count()
+
+    # -- the socket --------------------------------------------------------------------------
+    @classmethod
+    def open(cls, config) -> "CommandServer":
+        inherited = os.environ.get(ENV_COMMAND_FD)
+        if inherited:
+            sock = socket.socket(fileno=int(inherited))
+        else:
+            sock = cls._bind(config.command_socket)
+        sock.setblocking(False)
+        sock.set_inheritable(True)
+        return cls(config, sock)
+
+    @staticmethod
+    def _bind(path: str) -> socket.socket:
+        if os.path.exists(path):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+            except OSError:
+                os.unlink(path)  # stale: left by a master that is gone
+            else:
+                raise OSError(errno.EADDRINUSE, f"the command socket {path} is in use by a running sozu")
+            finally:
+                probe.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)  # created 0600: the socket is the proxy's root shell
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+        sock.listen(128)
+        return sock
+
+    def attach(self, master) -> None:
+        self.master = master
+
+    def register(self, selector) -> None:
+        self.selector = selector
+        selector.register(self.sock, selectors.EVENT_READ, self._accept)
+
+    def close_in_child(self) -> None:
+        for client in self.clients.values():
+            client.sock.close()
+        self.sock.close()
+
+    def remove_socket_file(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            log.debug("command socket already removed")
+
+    def _accept(self, mask) -> None:
+        while True:
+            try:
+                sock, _ = self.sock.accept()
+            except BlockingIOError:
+                return
+            except OSError as error:
+                log.warning("command socket accept failed: %s", error)
+                return
+            sock.setblocking(False)
+            client = Client(sock, self.config.max_command_message_size)
+            self.clients[sock.fileno()] = client
+            self.selector.register(sock, selectors.EVENT_READ, lambda m, c=client: self._on_client(c, m))
+
+    def _on_client(self, client: Client, mask) -> None:
+        if mask & selectors.EVENT_WRITE:
+            client.flush()
+        if mask & selectors.EVENT_READ:
+            self._read(client)
+        self._update_interest(client)
+
+    def _read(self, client: Client) -> None:
+        try:
+            data = client.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            client.closed = True
+            return
+        try:
+            messages = client.decoder.feed(data)
+        except FrameTooLarge as error:
+            for message in error.messages or []:
+                self.handle(client, message)
+            log.warning("command client sent a message over %d bytes: closing it", self.config.max_command_message_size)
+            client.closed = True
+            return
+        for message in messages:
+            self.handle(client, message)
+
+    def _update_interest(self, client: Client) -> None:
+        if client.closed:
+            self._drop(client)
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.outbox else 0)
+        self.selector.modify(client.sock, events, self.selector.get_key(client.sock).data)
+
+    def _drop(self, client: Client) -> None:
+        try:
+            self.selector.unregister(client.sock)
+        except (KeyError, ValueError):
+            log.debug("command client already unregistered")
+        self.clients.pop(client.sock.fileno(), None)
+        client.sock.close()
+
+    def flush_clients(self) -> None:
+        for client in list(self.clients.values()):
+            if client.outbox or client.closed:
+                client.flush()
+                self._update_interest(client)
+
+    # -- requests ----------------------------------------------------------------------------
+    def handle(self, client: Client, message) -> None:
+        """The command edge: whatever happens, the client gets an answer and the master goes on."""
+        request_id = message.get("id", "") if isinstance(message, dict) else ""
+        try:
+            if isinstance(message, MessageError):
+                raise message
+            request = Request.from_json(message)
+            request_id = request.id
+            self.execute(client, request)
+        except (MessageError, StateError, OSError) as error:
+            client.send(_answer(request_id, "ERROR", str(error)))
+        except Exception as error:
+            log.exception("command failed")
+            client.send(_answer(request_id, "ERROR", f"internal error: {error}"))
+
+    def execute(self, client: Client, request: Request) -> None:
+        kind = request.type
+        master = self.master
+        if kind == "PROXY":
+            self.proxy(client, request, request.data)
+        elif kind == "DUMP_STATE":
+            client.send(_answer(request.id, "OK", "", master.state.to_json()))
+        elif kind == "SAVE_STATE":
+            count = self.save_state(request.data["path"])
+            client.send(_answer(request.id, "OK", f"saved {count} orders to {request.data['path']}"))
+        elif kind == "LOAD_STATE":
+            self.load_state(client, request)
+        elif kind == "LIST_WORKERS":
+            client.send(_answer(request.id, "OK", "", {"workers": self.list_workers()}))
+        elif kind == "SUBSCRIBE_EVENTS":
+            client.subscribed = request.id
+            client.send(_answer(request.id, "PROCESSING", "subscribed to events"))
+        elif kind in ("UPGRADE_MASTER", "UPGRADE_WORKER"):
+            self.upgrade(client, request)
+        else:
+            raise MessageError(f"unsupported request type {kind}")
+
+    def proxy(self, client: Client, request: Request, order: Order) -> None:
+        master = self.master
+        if order.type in STATE_ORDERS:
+            self.apply_state_order(order)
+            self.fan_out(client, request.id, [order], self._finish_state_change, request.worker_id)
+        elif order.type in ("SOFT_STOP", "HARD_STOP"):
+            how = "soft" if order.type == "SOFT_STOP" else "hard"
+            if request.worker_id is None:
+                client.send(_answer(request.id, "OK", f"{how} stop of the proxy started"))
+                master.stop(how)
+            else:
+                master.stop_worker(request.worker_id, how)
+                client.send(_answer(request.id, "OK", f"{how} stop of worker {request.worker_id} started"))
+        elif order.type == "LOGGING":
+            logs.apply_filter(order.data)
+            self.fan_out(client, request.id, [order], self._finish_state_change, request.worker_id)
+        elif order.type == "METRICS":
+            self.fan_out(client, request.id, [order], self._finish_metrics, request.worker_id)
+        elif order.type == "QUERY":
+            self.fan_out(client, request.id, [order], self._finish_query, request.worker_id)
+        elif order.type == "STATUS":
+            self.fan_out(client, request.id, [order], self._finish_status, request.worker_id)
+        else:
+            raise MessageError(f"unsupported order {order.type}")
+
+    def apply_state_order(self, order: Order) -> None:
+        if order.type.startswith("ADD_") and order.type.endswith("_LISTENER"):
+            self.master.add_listener_socket(order.data["front"])
+        self.master.state.dispatch(order)
+        if order.type == "REMOVE_LISTENER":
+            self.master.close_listener_socket(order.data["front"])
+        if self.config.automatic_state_save and self.config.saved_state:
+            self.save_state(self.config.saved_state)
+
+    def fan_out(self, client: Client, request_id: str, orders: list[Order], finish, worker_id=None) -> None:
+        workers = [w for w in self.master.workers.values() if w.state != "stopping"
+                   and (worker_id is None or w.id == worker_id)]
+        if worker_id is not None and not workers:
+            raise MessageError(f"no running worker with id {worker_id}")
+        deadline = time.monotonic() + self.config.ctl_command_timeout / 1000
+        task = Task(client, request_id, orders[-1].type, {}, deadline, finish)
+        for worker in workers:
+            for order in orders:
+                message_id = f"{request_id}#{next(self.ids)}"
+                message = {"id": message_id, "type": "PROXY", "data": order.to_json()}
+                fds = self.master.listener_fds(order)
+                if fds:
+                    message["fds"] = len(fds)
+                if self.master.send_to_worker(worker, message, fds):
+                    task.pending[message_id] = worker.id
+                    self.tasks[message_id] = task
+        if not task.pending:
+            task.done()
+
+    def on_worker_answer(self, worker, message: dict) -> None:
+        task = self.tasks.pop(message.get("id"), None)
+        if task is None:
+            return  # late answer of an expired task: already reported
+        task.pending.pop(message["id"], None)
+        previous = task.answers.get(worker.id)
+        if previous is None or previous.get("status") == "OK":
+            task.answers[worker.id] = message
+        if message.get("status") == "ERROR" and task.kind in STATE_ORDERS:
+            log.error("worker %d refused %s (%s): replacing it with one forked from the current state",
+                      worker.id, task.kind, message.get("message"))
+            self.master.replace_worker(worker)
+        if not task.pending:
+            task.done()
+
+    def worker_gone(self, worker) -> None:
+        for message_id, task in list(self.tasks.items()):
+            if task.pending.get(message_id) == worker.id:
+                del self.tasks[message_id]
+                del task.pending[message_id]
+                task.answers[worker.id] = {"status": "ERROR", "message": "worker exited"}
+                if not task.pending:
+                    task.done()
+
+    def expire(self, now: float) -> None:
+        self.flush_clients()
+        expired = {}
+        for message_id, task in list(self.tasks.items()):
+            if task.deadline <= now:
+                del self.tasks[message_id]
+                expired.setdefault(id(task), (task, []))[1].append(task.pending.pop(message_id))
+        for task, missing in expired.values():
+            if not task.pending:
+                task.done(missing)
+
+    # -- answers -----------------------------------------------------------------------------
+    @staticmethod
+    def _errors(task: Task, missing) -> list[str]:
+        errors = [f"worker {wid}: {a.get('message')}" for wid, a in sorted(task.answers.items())
+                  if a.get("status") != "OK"]
+        errors += [f"worker {wid}: no answer within the command timeout" for wid in sorted(set(missing))]
+        return errors
+
+    def _finish_state_change(self, task: Task, missing) -> dict:
+        errors = self._errors(task, missing)
+        if errors:
+            return _answer(task.request_id, "ERROR", "; ".join(errors))
+        return _answer(task.request_id, "OK", f"{task.kind} applied by {len(task.answers)} workers")
+
+    def _finish_metrics(self, task: Task, missing) -> dict:
+        workers = {str(wid): a.get("data") or {} for wid, a in task.answers.items() if a.get("status") == "OK"}
+        data = {"workers": workers, "total": aggregate(workers)}
+        errors = self._errors(task, missing)
+        return _answer(task.request_id, "ERROR" if errors else "OK", "; ".join(errors), data)
+
+    def _finish_query(self, task: Task, missing) -> dict:
+        workers = {str(wid): a.get("data") for wid, a in task.answers.items() if a.get("status") == "OK"}
+        data = {"workers": workers, "master": self.master.query(task)}
+        errors = self._errors(task, missing)
+        return _answer(task.request_id, "ERROR" if errors else "OK", "; ".join(errors), data)
+
+    def _finish_status(self, task: Task, missing) -> dict:
+        data = {"workers": self.list_workers()}
+        errors = self._errors(task, missing)
+        return _answer(task.request_id, "ERROR" if errors else "OK", "; ".join(errors), data)
+
+    def list_workers(self) -> list[dict]:
+        master = self.master
+        rows = [{"id": "master", "pid": os.getpid(), "state": "stopping" if master.stopping else "running",
+                 "restarts": 0, "generation": master.generation}]
+        for worker in sorted(master.workers.values(), key=lambda w: (w.id, w.pid)):
+            rows.append({"id": worker.id, "pid": worker.pid, "state": worker.state,
+                         "restarts": worker.restarts, "generation": worker.generation})
+        return rows
+
+    # -- state files -------------------------------------------------------------------------
+    def save_state(self, path: str) -> int:
+        orders = self.master.state.to_orders()
+        data = dump_orders(orders)
+        tmp = f"{path}.tmp.{os.getpid()}"
+        with open(tmp, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+        return len(orders)
+
+    def load_state(self, client: Client, request: Request) -> None:
+        path = request.data["path"]
+        with open(path, "rb") as file:
+            target = ConfigState.from_orders(load_orders(file.read()))
+        orders = self.master.state.diff(target)
+        for order in orders:
+            self.apply_state_order(order)
+        if not orders:
+            client.send(_answer(request.id, "OK", "the state is already the one in the file"))
+            return
+        self.fan_out(client, request.id, orders, self._finish_state_change)
+
+    # -- events ------------------------------------------------------------------------------
+    def publish_event(self, worker_id: int, data) -> None:
+        if not isinstance(data, dict):
+            return
+        event = dict(data, worker_id=worker_id)
+        for client in self.clients.values():
+            if client.subscribed is not None:
+                client.send(_answer(client.subscribed, "PROCESSING", data.get("kind", ""), event))
+
+    def upgrade(self, client: Client, request: Request) -> None:
+        raise MessageError("upgrade is not available yet")
+
+    def start_upgrade(self, client) -> None:
+        log.warning("upgrade is not available yet")

@@ -1,0 +1,56 @@
+"""Listening sockets: bound once by the master, inherited by workers and by the next master.
+
+A listener is bound before any worker is forked, so every worker accepts on the same socket and
+the kernel spreads connections between them. The sockets are inheritable so that an upgrade can
+re-execute the master and keep them; their numbers travel in SOZU_LISTENER_FDS as
+`address=fd;address=fd` (DESIGN.md §8). No socket here is ever `shutdown()`: that would stop it in
+every process sharing it, including the next generation.
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+ENV_FDS = "SOZU_LISTENER_FDS"
+BACKLOG = 1024
+
+
+def sockaddr(address: str) -> tuple[int, tuple]:
+    """'127.0.0.1:80' -> (AF_INET, ('127.0.0.1', 80)); '[::1]:80' -> (AF_INET6, ('::1', 80))."""
+    host, _, port = address.rpartition(":")
+    if host.startswith("["):
+        return socket.AF_INET6, (host[1:-1], int(port))
+    return socket.AF_INET, (host, int(port))
+
+
+def bind(address: str, backlog: int = BACKLOG) -> socket.socket:
+    family, addr = sockaddr(address)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(addr)
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def encode_fds(sockets: dict[str, socket.socket]) -> str:
+    return ";".join(f"{address}={sock.fileno()}" for address, sock in sockets.items())
+
+
+def decode_fds(value: str) -> dict[str, int]:
+    result = {}
+    for item in filter(None, value.split(";")):
+        address, _, fd = item.rpartition("=")
+        result[address] = int(fd)
+    return result
+
+
+def inherited(environ=os.environ) -> dict[str, socket.socket]:
+    """The listening sockets handed over by the previous master, by address."""
+    return {address: socket.socket(fileno=fd) for address, fd in decode_fds(environ.get(ENV_FDS, "")).items()}

@@ -1,0 +1,365 @@
+"""The master process: holds the state, supervises the workers, serves the command socket.
+
+Theory of operation
+-------------------
+The master never touches client traffic and never imports gevent. It runs one selectors loop that
+reads like a list of verbs (gunicorn's arbiter): each turn it serves the sockets that are ready
+(worker channels, the command socket and its clients), handles the signals queued since the last
+turn, reaps dead workers, starts the ones missing, and expires orders whose workers did not
+answer in time.
+
+Signal handlers only append to a queue and wake the loop through a pipe (signal.set_wakeup_fd);
+all the work, logging included, happens in the loop.
+
+A worker is forked (no exec) from the master's current memory, so it starts with the current
+state. A worker that dies is replaced at once, unless it died right after boot several times in a
+row: then its replacement waits, doubling each time up to a minute, and the reason is logged.
+
+An order from the command socket is applied to the master's state first (which validates it),
+then sent to every running worker; the answer to the client waits for all of them
+(sozu.command_server), bounded by ctl_command_timeout.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+
+from sozu import listeners
+from sozu.channel import ChannelClosed, MasterChannel
+from sozu.messages import MessageError
+
+log = logging.getLogger("sozu.master")
+
+# Exit codes a worker may end with, as the master reads them.
+WORKER_BOOT_FAILED = 2
+WORKER_SANDBOX_FAILED = 3
+BOOT_FAILURE_WINDOW = 5.0  # s: a worker dying sooner than this after its start "failed to boot"
+MAX_BACKOFF = 60.0
+
+
+@dataclass
+class WorkerProcess:
+    id: int
+    pid: int
+    channel: MasterChannel
+    generation: int
+    started: float = field(default_factory=time.monotonic)
+    state: str = "booting"  # booting | running | stopping
+    restarts: int = 0
+    last_seen: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Slot:
+    """A worker id the master keeps filled, with its history."""
+    id: int
+    restarts: int = 0
+    boot_failures: int = 0
+    not_before: float = 0.0
+    wanted: bool = True
+
+
+class Master:
+    def __init__(self, config, state, sockets: dict[str, socket.socket], generation: int = 0,
+                 sandbox_plan=None):
+        self.config = config
+        self.state = state
+        self.sockets = sockets
+        self.generation = generation
+        self.sandbox_plan = sandbox_plan
+        self.selector = selectors.DefaultSelector()
+        self.workers: dict[int, WorkerProcess] = {}  # by pid
+        self.slots = {i: Slot(i) for i in range(config.worker_count)}
+        self.signals: list[int] = []
+        self.stopping: str | None = None  # None | "soft" | "hard"
+        self.stop_deadline = 0.0
+        self.command_server = None
+        self.exit_code = 0
+        self.last_generation = True  # False once a newer master has taken over the sockets
+        self._wakeup_r, self._wakeup_w = os.pipe()
+        os.set_blocking(self._wakeup_r, False)
+        os.set_blocking(self._wakeup_w, False)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self) -> int:
+        self.install_signal_handlers()
+        self.selector.register(self._wakeup_r, selectors.EVENT_READ, self._drain_wakeup)
+        if self.command_server is not None:
+            self.command_server.register(self.selector)
+        log.info("master %d starting %d workers (generation %d)", os.getpid(), len(self.slots), self.generation)
+        while True:
+            try:
+                self.handle_signals()
+                self.reap_workers()
+                if self.stopping:
+                    if self.finish_stop():
+                        return self.exit_code
+                else:
+                    self.manage_workers()
+                self.serve_ready_sockets(timeout=0.25)
+                if self.command_server is not None:
+                    self.command_server.expire(time.monotonic())
+            except Exception:  # the master loop edge: log, keep supervising
+                log.exception("error in the master loop; continuing")
+                time.sleep(0.1)
+
+    def serve_ready_sockets(self, timeout: float) -> None:
+        for key, mask in self.selector.select(timeout):
+            key.data(mask)
+        for worker in list(self.workers.values()):
+            if worker.channel.wants_write:
+                self._flush(worker)
+
+    # -- signals -----------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD, signal.SIGUSR2,
+                       signal.SIGHUP):
+            signal.signal(signum, self._queue_signal)
+
+    def _queue_signal(self, signum, frame) -> None:
+        self.signals.append(signum)  # nothing else here: the loop does the work
+
+    def _drain_wakeup(self, mask) -> None:
+        try:
+            while os.read(self._wakeup_r, 4096):
+                pass
+        except BlockingIOError:
+            return
+
+    def handle_signals(self) -> None:
+        while self.signals:
+            signum = self.signals.pop(0)
+            if signum == signal.SIGTERM:
+                self.stop("soft")
+            elif signum in (signal.SIGINT, signal.SIGQUIT):
+                self.stop("hard")
+            elif signum == signal.SIGUSR2:
+                if self.command_server is not None:
+                    self.command_server.start_upgrade(None)
+                else:
+                    log.warning("SIGUSR2: upgrade not available")
+            elif signum == signal.SIGHUP:
+                log.info("SIGHUP ignored: send changes through the command socket (sozuctl)")
+
+    # -- workers -----------------------------------------------------------------------------
+    def manage_workers(self) -> None:
+        now = time.monotonic()
+        running = {w.id for w in self.workers.values() if w.state != "stopping"}
+        for slot in self.slots.values():
+            if slot.wanted and slot.id not in running and now >= slot.not_before:
+                self.spawn_worker(slot)
+
+    def spawn_worker(self, slot: Slot) -> WorkerProcess | None:
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            pid = os.fork()
+        except OSError as error:
+            log.error("cannot fork worker %d: %s", slot.id, error)
+            parent_end.close()
+            child_end.close()
+            slot.not_before = time.monotonic() + 1.0
+            return None
+        if pid == 0:  # the worker: never returns into the master's code
+            try:
+                parent_end.close()
+                self._close_in_child()
+                from sozu import worker  # gevent is imported only here, after fork
+                worker.main(slot.id, self.config, self.state, self.sockets, child_end, self.sandbox_plan)
+            finally:
+                log.exception("worker %d could not start", slot.id)
+                os._exit(WORKER_BOOT_FAILED)
+        child_end.close()
+        channel = MasterChannel(parent_end, self.config.max_command_message_size)
+        process = WorkerProcess(slot.id, pid, channel, self.generation, restarts=slot.restarts)
+        self.workers[pid] = process
+        self.selector.register(parent_end, selectors.EVENT_READ, lambda mask, p=process: self._on_channel(p))
+        log.info("worker %d started, pid %d", slot.id, pid)
+        return process
+
+    def _close_in_child(self) -> None:
+        """What a worker must not hold: the other workers' channels, the command socket, the
+        master's selector and wake-up pipe."""
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD, signal.SIGUSR2,
+                       signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)
+        for worker in self.workers.values():
+            worker.channel.close()
+        if self.command_server is not None:
+            self.command_server.close_in_child()
+        self.selector.close()
+        os.close(self._wakeup_r)
+        os.close(self._wakeup_w)
+
+    def _on_channel(self, worker: WorkerProcess) -> None:
+        try:
+            messages = worker.channel.receive()
+        except ChannelClosed:
+            self.selector.unregister(worker.channel.sock)
+            worker.channel.close()
+            return
+        worker.last_seen = time.monotonic()
+        for message in messages:
+            self.on_worker_message(worker, message)
+
+    def on_worker_message(self, worker: WorkerProcess, message) -> None:
+        if not isinstance(message, dict):
+            log.error("bad message from worker %d: %s", worker.id, message)
+            return
+        kind = message.get("type")
+        if kind == "READY":
+            worker.state = "running"
+            slot = self.slots.get(worker.id)
+            if slot is not None:
+                slot.boot_failures = 0
+            log.debug("worker %d ready", worker.id)
+        elif kind == "EVENT":
+            if self.command_server is not None:
+                self.command_server.publish_event(worker.id, message.get("data"))
+        elif "status" in message and self.command_server is not None:
+            self.command_server.on_worker_answer(worker, message)
+
+    def send_to_worker(self, worker: WorkerProcess, message: dict, fds=()) -> bool:
+        try:
+            worker.channel.send(message, fds)
+            return True
+        except ChannelClosed as error:
+            log.warning("worker %d unreachable: %s", worker.id, error)
+            return False
+
+    def _flush(self, worker: WorkerProcess) -> None:
+        try:
+            worker.channel.flush()
+        except ChannelClosed:
+            log.debug("worker %d channel closed while flushing", worker.id)
+
+    def reap_workers(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except OSError as error:
+                if error.errno == errno.EINTR:
+                    continue
+                raise
+            if pid == 0:
+                return
+            worker = self.workers.pop(pid, None)
+            if worker is None:
+                continue
+            try:
+                self.selector.unregister(worker.channel.sock)
+            except (KeyError, ValueError):
+                pass  # already unregistered when its channel closed
+            worker.channel.close()
+            self.worker_exited(worker, status)
+
+    def worker_exited(self, worker: WorkerProcess, status: int) -> None:
+        code = os.waitstatus_to_exitcode(status)
+        how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
+        if self.command_server is not None:
+            self.command_server.worker_gone(worker)
+        slot = self.slots.get(worker.id)
+        expected = self.stopping or worker.state == "stopping" or slot is None or not slot.wanted
+        if expected:
+            log.info("worker %d (pid %d) exited: %s", worker.id, worker.pid, how)
+            return
+        log.error("worker %d (pid %d) died: %s", worker.id, worker.pid, how)
+        if not self.config.worker_automatic_restart:
+            slot.wanted = False
+            return
+        slot.restarts += 1
+        lifetime = time.monotonic() - worker.started
+        if worker.state == "booting" or lifetime < BOOT_FAILURE_WINDOW or code == WORKER_SANDBOX_FAILED:
+            slot.boot_failures += 1
+        else:
+            slot.boot_failures = 0
+        if slot.boot_failures >= 2:
+            delay = min(MAX_BACKOFF, 0.5 * 2 ** (slot.boot_failures - 1))
+            slot.not_before = time.monotonic() + delay
+            reason = "its sandbox could not be applied" if code == WORKER_SANDBOX_FAILED else "it keeps dying at boot"
+            log.error("worker %d: %s (%d times in a row); next start in %.1fs", worker.id, reason,
+                      slot.boot_failures, delay)
+
+    def stop_worker(self, worker_id: int, how: str) -> None:
+        """Stop one worker for good: its slot is not refilled."""
+        slot = self.slots.get(worker_id)
+        targets = [w for w in self.workers.values() if w.id == worker_id and w.state != "stopping"]
+        if slot is None or not targets:
+            raise MessageError(f"no running worker with id {worker_id}")
+        slot.wanted = False
+        for worker in targets:
+            worker.state = "stopping"
+            self._kill(worker.pid, signal.SIGTERM if how == "soft" else signal.SIGINT)
+
+    def replace_worker(self, worker: WorkerProcess) -> None:
+        """A fresh worker, forked from the current state, replaces one that drains and exits."""
+        if worker.state == "stopping" or self.stopping:
+            return
+        worker.state = "stopping"
+        self._kill(worker.pid, signal.SIGTERM)
+        slot = self.slots.get(worker.id)
+        if slot is not None and slot.wanted:
+            slot.restarts += 1
+            self.spawn_worker(slot)
+
+    # -- listeners added and removed at runtime ---------------------------------------------
+    def add_listener_socket(self, address: str) -> None:
+        if address not in self.sockets and address not in self.state.listeners:
+            self.sockets[address] = listeners.bind(address)
+
+    def close_listener_socket(self, address: str) -> None:
+        sock = self.sockets.pop(address, None)
+        if sock is not None:
+            sock.close()
+
+    def listener_fds(self, order) -> tuple[int, ...]:
+        """A listener added at runtime travels to the workers with the order that adds it."""
+        if order.type.startswith("ADD_") and order.type.endswith("_LISTENER"):
+            return (self.sockets[order.data["front"]].fileno(),)
+        return ()
+
+    def query(self, task):
+        """The master's own view, beside the workers', so an operator can compare them."""
+        return self.state.hashes() if task.kind == "QUERY" else None
+
+    # -- stopping ----------------------------------------------------------------------------
+    def stop(self, how: str) -> None:
+        if self.stopping == "hard" or self.stopping == how:
+            return
+        self.stopping = how
+        grace = self.config.shutdown_grace_period
+        self.stop_deadline = time.monotonic() + (grace + 2 if how == "soft" else 2)
+        log.info("%s stop of %d workers", how, len(self.workers))
+        sig = signal.SIGTERM if how == "soft" else signal.SIGINT
+        for worker in self.workers.values():
+            worker.state = "stopping"
+            self._kill(worker.pid, sig)
+
+    def finish_stop(self) -> bool:
+        if not self.workers:
+            return True
+        if time.monotonic() > self.stop_deadline:
+            for worker in self.workers.values():
+                log.warning("worker %d (pid %d) did not stop in time: killing it", worker.id, worker.pid)
+                self._kill(worker.pid, signal.SIGKILL)
+            self.stop_deadline = time.monotonic() + 5
+        return False
+
+    @staticmethod
+    def _kill(pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            log.debug("process %d already gone", pid)

@@ -1,0 +1,79 @@
+"""Per-worker counters and a request-time histogram (pure).
+
+Counters are plain integers in a dict: one increment per event, no locks (a worker is one thread).
+Request times go into fixed logarithmic buckets, so percentiles cost nothing per request and a
+worker's memory stays flat however long it runs. The master sums workers' snapshots.
+"""
+from __future__ import annotations
+
+import bisect
+
+# Upper bounds of the buckets, in milliseconds; the last bucket is open-ended.
+BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000)
+PERCENTILES = (50, 90, 99, 99.9)
+
+
+class Metrics:
+    def __init__(self):
+        self.counters: dict[str, int] = {}
+        self.request_times = [0] * (len(BUCKETS_MS) + 1)
+
+    def incr(self, name: str, value: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + value
+
+    def record(self, exchange) -> None:
+        """One finished request: its status class, bytes and time."""
+        counters = self.counters
+        get = counters.get
+        counters["requests"] = get("requests", 0) + 1
+        status_class = f"status_{exchange.status // 100}xx" if exchange.status else "status_none"
+        counters[status_class] = get(status_class, 0) + 1
+        counters["bytes_in"] = get("bytes_in", 0) + exchange.bytes_in
+        counters["bytes_out"] = get("bytes_out", 0) + exchange.bytes_out
+        self.observe_ms(exchange.duration_ms())
+
+    def observe_ms(self, ms: float) -> None:
+        self.request_times[bisect.bisect_left(BUCKETS_MS, ms)] += 1
+
+    def clear(self) -> None:
+        self.counters.clear()
+        self.request_times = [0] * (len(BUCKETS_MS) + 1)
+
+    def snapshot(self, gauges: dict[str, int] | None = None) -> dict:
+        data = dict(self.counters)
+        if gauges:
+            data.update(gauges)
+        data["request_time_buckets"] = list(self.request_times)
+        return data
+
+
+def percentiles(buckets: list[int]) -> dict[str, float | None]:
+    """Bucket upper bounds at each percentile (an upper estimate, like Prometheus histograms)."""
+    total = sum(buckets)
+    result: dict[str, float | None] = {}
+    for p in PERCENTILES:
+        if not total:
+            result[f"p{p:g}_ms"] = None
+            continue
+        rank = total * p / 100
+        seen = 0
+        for index, n in enumerate(buckets):
+            seen += n
+            if seen >= rank:
+                result[f"p{p:g}_ms"] = float(BUCKETS_MS[index]) if index < len(BUCKETS_MS) else float("inf")
+                break
+    return result
+
+
+def aggregate(snapshots: dict[str, dict]) -> dict:
+    """Sum the workers' snapshots; histogram buckets add up too."""
+    total: dict = {}
+    buckets = [0] * (len(BUCKETS_MS) + 1)
+    for snapshot in snapshots.values():
+        for name, value in snapshot.items():
+            if name == "request_time_buckets":
+                buckets = [a + b for a, b in zip(buckets, value)]
+            else:
+                total[name] = total.get(name, 0) + value
+    total.update(percentiles(buckets))
+    return total

@@ -1,0 +1,298 @@
+"""A worker process: serves every listener with gevent, applies the master's orders (after fork only).
+
+Theory of operation
+-------------------
+The master forks a worker with everything it needs already in memory: the configuration, its own
+copy of the state, the listening sockets and one end of a socketpair (its channel). The worker
+then drops privileges (sozu.sandbox), and only then imports and starts gevent: the master never
+has gevent loaded, so there is no hub or thread state to inherit across fork.
+
+Each active listener gets a gevent StreamServer; all of them share one Pool(max_connections), the
+worker's connection limit. A full pool makes every server stop watching its listening socket, so
+new connections wait in the kernel backlog where a sibling worker with room takes them.
+
+One greenlet reads the channel. Each order is applied with the same `ConfigState.dispatch` the
+master uses, then the derived tables (router, balancer) are rebuilt from the state: they are never
+patched by hand, so they cannot drift from it. The answer goes back on the channel.
+
+Stopping: a soft stop closes this worker's copy of every listening socket (never shutdown(),
+which would stop the socket in every process that shares it), closes idle keep-alive connections,
+lets in-flight requests finish within the grace period, then exits. A hard stop exits now.
+"""
+from __future__ import annotations
+
+import encodings.idna  # noqa: F401 - used by host.encode("idna"); imported before the sandbox
+import logging
+import os
+import signal
+import sys
+
+import gevent
+import gevent.event
+import gevent.pool
+from gevent import socket as gsocket
+from gevent.server import StreamServer
+
+from sozu import logs
+from sozu.channel import ChannelClosed, WorkerChannel
+from sozu.http import answers
+from sozu.http.backend_pool import BackendPool
+from sozu.http.session import serve as serve_http
+from sozu.lb import Balancer
+from sozu.messages import MessageError, Order
+from sozu.metrics import Metrics
+from sozu.router import Router
+from sozu.state import StateError
+
+log = logging.getLogger("sozu.worker")
+
+EXIT_OK = 0
+EXIT_SANDBOX_FAILED = 3  # named so the master can tell a boot failure from a crash
+
+
+class ListenerInfo:
+    """What a session needs to know about the listener it was accepted on, precomputed."""
+
+    __slots__ = ("address", "protocol", "https", "scheme", "port", "by", "front_timeout",
+                 "back_timeout", "connect_timeout", "request_timeout", "answer_404", "answer_503",
+                 "sticky_name", "expect_proxy")
+
+    def __init__(self, address: str, protocol: str, config: dict):
+        self.address = address
+        self.protocol = protocol
+        self.https = protocol == "https"
+        self.scheme = b"https" if self.https else b"http"
+        host, _, port = address.rpartition(":")
+        self.port = port.encode()
+        self.by = (b'"' + address.encode() + b'"') if host.startswith("[") else address.encode()
+        self.front_timeout = config.get("front_timeout", 60)
+        self.back_timeout = config.get("back_timeout", 30)
+        self.connect_timeout = config.get("connect_timeout", 3)
+        self.request_timeout = config.get("request_timeout", 10)
+        self.answer_404 = answers.custom_answer(config["answer_404"]) if config.get("answer_404") else None
+        self.answer_503 = answers.custom_answer(config["answer_503"]) if config.get("answer_503") else None
+        self.sticky_name = config.get("sticky_name", "SOZUBALANCEID").encode()
+        self.expect_proxy = config.get("expect_proxy", False)
+
+
+class Worker:
+    def __init__(self, worker_id: int, config, state, sockets: dict, channel_sock):
+        self.worker_id = worker_id
+        self.config = config
+        self.state = state
+        self.buffer_size = config.buffer_size
+        self.sockets = {address: _gevent_socket(sock) for address, sock in sockets.items()}
+        self.channel = WorkerChannel(gsocket.socket(fileno=channel_sock.detach()), config.max_command_message_size)
+        self.pool = gevent.pool.Pool(config.max_connections)
+        self.servers: dict[str, StreamServer] = {}
+        self.listener_infos: dict[str, ListenerInfo] = {}
+        self.balancer = Balancer()
+        self.backend_pool = BackendPool()
+        self.metrics = Metrics()
+        self.idle_sockets: set = set()
+        self.draining = False
+        self.stopped = gevent.event.Event()
+        gevent.get_hub()  # the hub loads its modules lazily: before the sandbox hides them
+
+    # -- what sessions read ------------------------------------------------------------------
+    @property
+    def applications(self):
+        return self.state.applications
+
+    def balancer_release(self, app_id: str, backend) -> None:
+        backends = self.balancer.backends(app_id)
+        if backends is not None:
+            backends.release(backend)
+
+    def event(self, kind: str, app_id: str, backend) -> None:
+        message = {"type": "EVENT", "data": {"kind": kind, "app_id": app_id,
+                                              "backend_id": getattr(backend, "backend_id", None),
+                                              "address": getattr(backend, "address", None)}}
+        try:
+            self.channel.send(message)
+        except OSError:
+            log.debug("could not report %s to the master", kind)
+
+    # -- state -------------------------------------------------------------------------------
+    def rebuild(self) -> None:
+        """Derive the routing tables from the state, and serve exactly the active listeners."""
+        self.router = Router.from_state(self.state)
+        self.balancer.update(self.state)
+        for address, listener in self.state.listeners.items():
+            self.listener_infos[address] = ListenerInfo(address, listener.protocol, listener.config)
+        for address in list(self.servers):
+            listener = self.state.listeners.get(address)
+            if listener is None or not listener.active:
+                self.stop_listener(address)
+        if not self.draining:
+            for address, listener in self.state.listeners.items():
+                if listener.active and address not in self.servers:
+                    self.start_listener(address)
+
+    def start_listener(self, address: str) -> None:
+        sock = self.sockets.get(address)
+        if sock is None:
+            log.error("no socket for listener %s", address)
+            return
+        info = self.listener_infos[address]
+        handler = self.handler_for(info)
+        server = StreamServer(sock, handler, spawn=self.pool)
+        server.max_accept = 1  # fairness between workers sharing the socket (gunicorn#2266)
+        server.start()
+        self.servers[address] = server
+
+    def handler_for(self, info: ListenerInfo):
+        if info.protocol == "http":
+            return lambda sock, addr: serve_http(self, info, sock, addr)
+        raise NotImplementedError(f"{info.protocol} listeners are not served yet")
+
+    def stop_listener(self, address: str) -> None:
+        server = self.servers.pop(address, None)
+        if server is not None:
+            # Never close() or shutdown() here: the listening socket is shared with the other
+            # workers and the next generation; this worker only stops watching it.
+            server.stop_accepting()
+
+    # -- channel -----------------------------------------------------------------------------
+    def read_channel(self) -> None:
+        try:
+            while True:
+                for message in self.channel.receive():
+                    self.handle_message(message)
+        except ChannelClosed:
+            log.warning("the master is gone; stopping")
+            self.soft_stop()
+
+    def handle_message(self, message) -> None:
+        if isinstance(message, MessageError):
+            log.error("bad message from the master: %s", message)
+            return
+        request_id = message.get("id", "")
+        try:
+            data = self.execute(message)
+        except (MessageError, StateError) as error:
+            self.channel.send({"id": request_id, "status": "ERROR", "message": str(error), "data": None})
+        except Exception as error:  # the command edge: answer ERROR, never die
+            log.exception("failed to apply %s", message.get("type"))
+            self.channel.send({"id": request_id, "status": "ERROR", "message": f"worker error: {error}", "data": None})
+        else:
+            self.channel.send({"id": request_id, "status": "OK", "message": "", "data": data})
+
+    def execute(self, message: dict):
+        kind = message.get("type")
+        if kind == "PING":
+            return None
+        if kind != "PROXY":
+            raise MessageError(f"unknown message type {kind!r}")
+        order = Order.from_json(message["data"])
+        if order.type == "SOFT_STOP":
+            gevent.spawn(self.soft_stop)
+        elif order.type == "HARD_STOP":
+            gevent.spawn(self.hard_stop)
+        elif order.type == "LOGGING":
+            logs.apply_filter(order.data)
+        elif order.type == "METRICS":
+            if order.data == "CLEAR":
+                self.metrics.clear()
+            return self.metrics.snapshot({"active_connections": len(self.pool),
+                                          "idle_backend_connections": len(self.backend_pool)})
+        elif order.type == "STATUS":
+            return {"active_connections": len(self.pool), "draining": self.draining}
+        elif order.type == "QUERY":
+            return self.query(order.data)
+        else:
+            if order.type.startswith("ADD_") and order.type.endswith("_LISTENER"):
+                self.adopt_listener(order.data["front"], message.get("fds", 0))
+            self.state.dispatch(order)
+            self.rebuild()
+        return None
+
+    def adopt_listener(self, address: str, fd_count: int) -> None:
+        fds = self.channel.take_fds(fd_count)
+        if fds:
+            self.sockets[address] = gsocket.socket(fileno=fds[0])
+
+    def query(self, query: dict):
+        kind = query.get("type")
+        if kind == "APPLICATIONS_HASHES":
+            return self.state.hashes()
+        if kind == "APPLICATIONS":
+            selector = query.get("data") or {}
+            if selector.get("type") == "APP_ID":
+                return self.state.query_applications(app_id=selector["data"])
+            if selector.get("type") == "DOMAIN":
+                return self.state.query_applications(domain=selector["data"]["hostname"])
+            return self.state.query_applications()
+        if kind == "CERTIFICATES":
+            return {address: {fp: cert["names"] for fp, cert in certs.items()}
+                    for address, certs in self.state.certificates.items()}
+        raise MessageError(f"unknown query {kind!r}")
+
+    # -- stopping ----------------------------------------------------------------------------
+    def soft_stop(self) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        log.info("soft stop: draining %d connections", len(self.pool))
+        for address in list(self.servers):
+            self.stop_listener(address)
+        self.close_idle()
+        grace = self.config.shutdown_grace_period
+        if not self.pool.join(timeout=grace):
+            log.warning("grace period of %ss over: closing %d connections", grace, len(self.pool))
+        self.stopped.set()
+
+    def close_idle(self) -> None:
+        """Idle keep-alive connections end now; their clients retry elsewhere."""
+        for sock in list(self.idle_sockets):
+            try:
+                sock.shutdown(gsocket.SHUT_RDWR)
+            except OSError:
+                log.debug("idle connection already closed")
+
+    def hard_stop(self) -> None:
+        self.stopped.set()
+
+    def run(self) -> int:
+        self.rebuild()
+        gevent.signal_handler(signal.SIGTERM, lambda: gevent.spawn(self.soft_stop))
+        gevent.signal_handler(signal.SIGINT, self.hard_stop)
+        gevent.signal_handler(signal.SIGQUIT, self.hard_stop)
+        reader = gevent.spawn(self.read_channel)
+        self.channel.send({"type": "READY", "data": {"listeners": sorted(self.servers)}})
+        log.info("worker %d serving %d listeners", self.worker_id, len(self.servers))
+        self.stopped.wait()
+        reader.kill(block=False)
+        self.backend_pool.close_all()
+        return EXIT_OK
+
+
+def _gevent_socket(sock):
+    return gsocket.socket(sock.family, sock.type, fileno=sock.detach())
+
+
+def main(worker_id: int, config, state, sockets: dict, channel_sock, sandbox_plan=None) -> None:
+    """Entry point in the forked child. Never returns: the worker exits here."""
+    code = EXIT_OK
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        logs.retag(f"WRK-{worker_id}")
+        # Everything is loaded and opened before the sandbox: afterwards the worker may not be
+        # able to read the Python installation or the configuration directory.
+        from sozu import sandbox
+        worker = Worker(worker_id, config, state, sockets, channel_sock)
+        if sandbox_plan is not None:
+            try:
+                sandbox.apply(sandbox_plan)
+            except sandbox.SandboxError as error:
+                log.error("cannot apply the sandbox: %s; not serving", error)
+                code = EXIT_SANDBOX_FAILED
+                return
+        code = worker.run()
+    except BaseException:
+        log.exception("worker %d failed", worker_id)
+        code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
