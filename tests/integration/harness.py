@@ -1,0 +1,363 @@
+"""Real processes for the process tests: sozu itself, backends, and ways to wait on them.
+
+Everything listens on 127.0.0.1 on ports the kernel picked; everything started is stopped by
+the test that started it (fixtures in conftest.py), even when the test fails.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+    """Poll until predicate() is truthy; return its value, or fail naming what was awaited."""
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as error:  # a condition that is not true yet may raise
+            last_error = error
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+# -- the command socket, spoken directly ---------------------------------------------------------
+def command(socket_path: str, request: dict, timeout: float = 10.0) -> dict:
+    """Send one request; return the last answer for its id (OK or ERROR)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(socket_path)
+        sock.sendall(json.dumps(request).encode() + b"\0")
+        buf = b""
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("the proxy closed the command connection")
+            buf += data
+            while b"\0" in buf:
+                raw, buf = buf.split(b"\0", 1)
+                if not raw.strip():
+                    continue
+                answer = json.loads(raw)
+                if answer.get("id") == request.get("id") and answer.get("status") in ("OK", "ERROR"):
+                    return answer
+
+
+_ids = iter(range(1, 1 << 62))
+
+
+def order(socket_path: str, kind: str, data=None, **extra) -> dict:
+    return command(socket_path, {"id": f"t{next(_ids)}", "version": 0, "type": "PROXY",
+                                 "data": {"type": kind, "data": data}, **extra})
+
+
+# -- sozu ----------------------------------------------------------------------------------------
+class Sozu:
+    """`python sozu.py start -c FILE` in its own process group."""
+
+    def __init__(self, tmp_path: Path, config_text: str, name: str = "sozu"):
+        self.dir = tmp_path
+        self.config_path = tmp_path / f"{name}.toml"
+        self.config_path.write_text(config_text)
+        self.socket_path = str(tmp_path / "sozu.sock")
+        self.log_path = tmp_path / f"{name}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, wait: bool = True, env: dict | None = None) -> "Sozu":
+        self.log_file = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [PYTHON, str(ROOT / "sozu.py"), "start", "-c", str(self.config_path)],
+            stdout=self.log_file, stderr=subprocess.STDOUT, cwd=str(self.dir),
+            env={**os.environ, **(env or {})}, start_new_session=True)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, workers: int | None = None, timeout: float = 15.0) -> None:
+        def ready():
+            if self.process.poll() is not None:
+                raise AssertionError(f"sozu exited with {self.process.returncode}:\n{self.log()}")
+            answer = self.command({"id": "ready", "version": 0, "type": "LIST_WORKERS"}, timeout=2)
+            rows = [w for w in answer["data"]["workers"] if w["id"] != "master"]
+            running = [w for w in rows if w["state"] == "running"]
+            return running if rows and len(running) == len(rows) and (workers is None or len(running) >= workers) else None
+        wait_for(ready, timeout, what="sozu workers to be running")
+
+    def command(self, request: dict, timeout: float = 10.0) -> dict:
+        return command(self.socket_path, request, timeout)
+
+    def order(self, kind: str, data=None, **extra) -> dict:
+        return order(self.socket_path, kind, data, **extra)
+
+    def workers(self) -> list[dict]:
+        answer = self.command({"id": "w", "version": 0, "type": "LIST_WORKERS"})
+        return [w for w in answer["data"]["workers"] if w["id"] != "master"]
+
+    def ctl(self, *args: str, timeout: float = 20.0) -> subprocess.CompletedProcess:
+        return subprocess.run([PYTHON, str(ROOT / "sozuctl.py"), "-c", str(self.config_path), *args],
+                              capture_output=True, text=True, timeout=timeout)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        try:  # workers, and any generation started by an upgrade, share the process group
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self.process.poll() is None:
+            self.process.wait(5)
+        self.log_file.close()
+
+
+def http_config(socket_path_dir: Path, listen_port: int, backends: list[int], *, worker_count: int = 2,
+                extra: str = "", app_extra: str = "", hostname: str = "localhost", listener_extra: str = "") -> str:
+    backend_list = ", ".join(f'"127.0.0.1:{p}"' for p in backends)
+    return f"""
+command_socket = "{socket_path_dir}/sozu.sock"
+worker_count = {worker_count}
+max_connections = 500
+log_level = "info"
+log_access_target = "stdout"
+front_timeout = 10
+back_timeout = 5
+connect_timeout = 2
+request_timeout = 3
+shutdown_grace_period = 5
+{extra}
+
+[[listeners]]
+protocol = "http"
+address = "127.0.0.1:{listen_port}"
+{listener_extra}
+
+[applications.app]
+protocol = "http"
+{app_extra}
+frontends = [ {{ address = "127.0.0.1:{listen_port}", hostname = "{hostname}" }} ]
+backends = [ {backend_list} ]
+"""
+
+
+# -- backends ------------------------------------------------------------------------------------
+class EchoHandler(BaseHTTPRequestHandler):
+    """A backend that says what it received. Paths:
+    /size/N      N bytes of body (Content-Length)
+    /chunked/N   N bytes in chunks of 1000
+    /close/N     N bytes, no length, then close
+    /status/N    status N, empty body
+    /slow/S      answers after S seconds
+    anything else: JSON of the request (method, path, headers, body length, body sha)."""
+    protocol_version = "HTTP/1.1"
+    server_version = "test-backend"
+
+    def log_message(self, *args) -> None:
+        return
+
+    def handle_one_request(self):
+        self.server.requests += 1
+        return super().handle_one_request()
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            data = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return data
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _any(self) -> None:
+        import hashlib
+        body = self._body()
+        parts = self.path.split("/")
+        name = self.server.name
+        if len(parts) >= 3 and parts[1] == "size":
+            n = int(parts[2])
+            self.send_response(200)
+            self.send_header("Content-Length", str(n))
+            self.send_header("X-Backend", name)
+            self.end_headers()
+            if self.command != "HEAD":
+                block = b"x" * 65536
+                while n:
+                    piece = block[:min(n, len(block))]
+                    self.wfile.write(piece)
+                    n -= len(piece)
+            return
+        if len(parts) >= 3 and parts[1] == "chunked":
+            n = int(parts[2])
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("X-Backend", name)
+            self.end_headers()
+            while n:
+                piece = min(n, 1000)
+                self.wfile.write(b"%x\r\n" % piece + b"c" * piece + b"\r\n")
+                n -= piece
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        if len(parts) >= 3 and parts[1] == "close":
+            n = int(parts[2])
+            self.send_response(200)
+            self.send_header("Connection", "close")
+            self.send_header("X-Backend", name)
+            self.end_headers()
+            self.wfile.write(b"z" * n)
+            self.close_connection = True
+            return
+        if len(parts) >= 3 and parts[1] == "status":
+            self.send_response(int(parts[2]))
+            self.send_header("Content-Length", "0")
+            self.send_header("X-Backend", name)
+            self.end_headers()
+            return
+        if len(parts) >= 3 and parts[1] == "slow":
+            time.sleep(float(parts[2]))
+        data = json.dumps({"backend": name, "method": self.command, "path": self.path,
+                           "version": self.request_version,
+                           "headers": [[k, v] for k, v in self.headers.items()],
+                           "body_length": len(body), "body_sha256": hashlib.sha256(body).hexdigest()}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("X-Backend", name)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = do_PATCH = _any
+
+
+class Backend:
+    """A threaded HTTP backend on 127.0.0.1 (real sockets, real HTTP/1.1 keep-alive)."""
+
+    def __init__(self, name: str = "b", handler=EchoHandler, port: int = 0):
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.server.daemon_threads = True
+        self.server.name = name
+        self.server.requests = 0
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def requests(self) -> int:
+        return self.server.requests
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class RawBackend:
+    """A backend that answers each connection with a function of the bytes it received: for
+    malformed, truncated or slow answers no real server would give."""
+
+    def __init__(self, respond):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.respond = respond
+        self.received: list[bytes] = []
+        self.stopped = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopped:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn) -> None:
+        with conn:
+            conn.settimeout(5)
+            data = b""
+            try:
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                self.received.append(data)
+                self.respond(conn, data)
+            except OSError:
+                return
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.sock.close()
+
+
+def raw_request(port: int, data: bytes, timeout: float = 5.0, read_until_close: bool = True) -> bytes:
+    """Send raw bytes, return everything the proxy answered until it closed (or timeout)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if not read_until_close:
+                break
+        return b"".join(chunks)
