@@ -82,11 +82,10 @@ def _certificate_entry(certificate: dict, names: list) -> tuple[str, dict]:
             fingerprint(pem)
         except StateError as e:
             raise StateError(f"certificate_chain[{i}]: {e}") from None
-    key = _PEM_KEY.search(certificate["key"])
-    if key is None:
-        raise StateError("key: not a PEM private key")
-    if "ENCRYPTED" in key.group(1):
+    if "ENCRYPTED" in certificate["key"]:  # PKCS#8 or the legacy Proc-Type header
         raise StateError("key: encrypted private keys are not supported")
+    if _PEM_KEY.search(certificate["key"]) is None:
+        raise StateError("key: not a PEM private key")
     return leaf, {"certificate": certificate["certificate"],
                   "certificate_chain": list(certificate["certificate_chain"]),
                   "key": certificate["key"], "names": list(names)}
