@@ -1,0 +1,633 @@
+"""Strict, sans-IO HTTP/1.1 message heads and chunked framing.
+
+Theory of operation
+-------------------
+The proxy session owns the socket and a bytearray of what it has received. It calls
+``parse_request_head(buf)`` (or ``parse_response_head``) after every read: ``None`` means "read
+more", ``(head, n)`` means the head is the first ``n`` bytes of ``buf``, anything wrong raises
+``ProtocolError`` carrying the status to answer. A chunked body is then streamed through a
+``ChunkedFramer``, which only checks the framing and says where the body ends; the bytes are
+forwarded unchanged. Nothing here reads a clock, a socket or a logger.
+
+Why strict: a proxy and the backend behind it must agree on where every message ends. Whenever
+the proxy accepts something that the backend reads differently (a bare LF, an obs-fold, a
+``Transfer-Encoding`` it does not understand, two ``Content-Length`` values, whitespace before
+a colon) an attacker can hide a second request inside the first one (request smuggling, see
+Kettle's "HTTP Desync Attacks"). So this parser accepts only the RFC 9112 grammar, CRLF line
+endings only, and refuses every ambiguous framing instead of guessing:
+
+* request line ``METHOD SP target SP HTTP/1.x``; origin-form, absolute-form (http/https) or
+  ``*`` for OPTIONS; HTTP/1.0 and HTTP/1.1 only;
+* field lines ``token ":" OWS value OWS``; no obs-fold, no CTL but HTAB, obs-text allowed in
+  values only;
+* ``Content-Length`` plain digits (identical duplicates tolerated); ``Transfer-Encoding`` of a
+  request exactly ``chunked``; never both; exactly one valid ``Host`` in HTTP/1.1.
+
+The fast path is a few precompiled regexes run over the whole head (C speed); when one fails, a
+slower diagnosis walks the lines to name the exact fault. Limits are checked while the head is
+still incomplete, so a client cannot make the proxy buffer forever.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "HOP_BY_HOP",
+    "ChunkedFramer",
+    "Limits",
+    "ProtocolError",
+    "RequestHead",
+    "ResponseHead",
+    "parse_request_head",
+    "parse_response_head",
+]
+
+
+class ProtocolError(Exception):
+    """A message that breaks the protocol. status_hint is the HTTP status to answer (h11 style)."""
+
+    def __init__(self, message: str, status_hint: int = 400):
+        super().__init__(message)
+        self.message = message
+        self.status_hint = status_hint
+
+    def __repr__(self) -> str:
+        return f"ProtocolError({self.message!r}, status_hint={self.status_hint})"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_request_line: int = 8192  # longer -> 414 (status line of a response: 502)
+    max_header_count: int = 100  # more field lines -> 431
+    max_head_size: int = 32768  # whole head incl. request line -> 431 (for responses: 502)
+    max_chunk_line: int = 4096  # chunk-size line with its extensions, CRLF excluded
+
+
+DEFAULT_LIMITS = Limits()
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+
+
+@dataclass(slots=True)
+class RequestHead:
+    method: bytes
+    target: bytes
+    version: bytes
+    headers: list[tuple[bytes, bytes]]
+    host: str
+    path: bytes
+    content_length: int | None
+    chunked: bool
+    keep_alive: bool
+    expect_continue: bool
+    upgrade: bytes | None
+    connection_tokens: frozenset[bytes]
+
+
+@dataclass(slots=True)
+class ResponseHead:
+    version: bytes
+    status: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+    content_length: int | None
+    chunked: bool  # True exactly when body == "chunked"
+    keep_alive: bool
+    connection_tokens: frozenset[bytes]
+    body: str  # "none" | "length" | "chunked" | "close"
+
+
+# --- grammar (RFC 9110 §5.6.2, RFC 9112 §3, §4, §5, §7.1) -------------------------------------
+
+_TCHAR = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
+_VALUE_CHAR = rb"\t\x20-\x7e\x80-\xff"  # HTAB, SP, VCHAR, obs-text
+_TOKEN = re.compile(rb"[%s]+" % _TCHAR)
+_REQUEST_LINE = re.compile(rb"([%s]+) ([\x21-\x7e]+) (HTTP/[0-9]\.[0-9])" % _TCHAR)
+# What a request line can start like; anything else can be refused before its CRLF arrives.
+_REQUEST_LINE_PREFIX = re.compile(
+    rb"\r|[%s]*(?: (?:[\x21-\x7e]+(?: [HTP/.0-9]{0,8}\r?)?)?)?" % _TCHAR
+)
+_STATUS_LINE = re.compile(rb"(HTTP/[0-9]\.[0-9]) ([0-9]{3})(?: ([%s]*))?" % _VALUE_CHAR)
+_FIELD_BLOCK = re.compile(rb"(?:[%s]+:[%s]*\r\n)*" % (_TCHAR, _VALUE_CHAR))
+_FIELD_LINE = re.compile(rb"[%s]+:[%s]*" % (_TCHAR, _VALUE_CHAR))
+_FIELD = re.compile(
+    rb"([%s]+):[ \t]*((?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?)[ \t]*\r\n"
+    % _TCHAR
+)
+_DIGITS = re.compile(rb"[0-9]{1,18}")
+_ABSOLUTE_FORM = re.compile(rb"([Hh][Tt][Tt][Pp][Ss]?)://([^/?#]*)([^?#]*)(\?[^#]*)?")
+_HOST = re.compile(
+    rb"((?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?"
+)
+_CHUNK_LINE = re.compile(
+    rb'([0-9A-Fa-f]{1,16})(?:[ \t]*;[ \t]*[%s]+(?:[ \t]*=[ \t]*(?:[%s]+|"(?:[\t !#-\[\]-~\x80-\xff]'
+    rb'|\\[\t\x20-\x7e\x80-\xff])*"))?)*' % (_TCHAR, _TCHAR)
+)
+_HEX_PREFIX = re.compile(rb"[0-9A-Fa-f]*")
+_VCHARS = re.compile(rb"[\x21-\x7e]+")
+_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+_MAX_EMPTY_LINES = 8  # tolerated before a request line (RFC 9112 §2.2)
+_DEFAULT_PORTS = {b"http": 80, b"https": 443}
+_KNOWN_VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
+
+# Headers the parser interprets. The underscore spellings are refused: some servers (CGI,
+# WSGI environ) fold "_" and "-" together, which would let them see a framing header we ignore.
+_CL, _TE, _HOST_H, _CONN, _EXPECT, _UPGRADE, _LOOKALIKE = range(7)
+_TRACKED = {
+    b"content-length": _CL,
+    b"transfer-encoding": _TE,
+    b"host": _HOST_H,
+    b"connection": _CONN,
+    b"expect": _EXPECT,
+    b"upgrade": _UPGRADE,
+    b"content_length": _LOOKALIKE,
+    b"transfer_encoding": _LOOKALIKE,
+}
+
+
+# --- request ----------------------------------------------------------------------------------
+
+
+def parse_request_head(
+    buf: bytes | bytearray, limits: Limits = DEFAULT_LIMITS
+) -> tuple[RequestHead, int] | None:
+    """buf holds bytes received so far, starting where a request starts. Returns None if the head
+    is not complete yet (and no limit is already exceeded), else (head, n) where n counts the
+    bytes of buf the head used, including skipped leading empty lines and the final empty line.
+    Raises ProtocolError."""
+    start = 0
+    if buf.startswith(b"\r\n"):
+        while buf.startswith(b"\r\n", start):
+            start += 2
+            if start > 2 * _MAX_EMPTY_LINES:
+                raise ProtocolError("too many empty lines before the request line")
+    end = buf.find(b"\r\n\r\n", start)
+    if end < 0:
+        _check_partial_request(buf, start, limits)
+        return None
+    line_end = buf.find(b"\r\n", start)
+    if line_end - start > limits.max_request_line:
+        raise ProtocolError("request line too long", 414)
+    if end + 4 - start > limits.max_head_size:
+        raise ProtocolError("request head too large", 431)
+    head = bytes(buf[start : end + 2])
+    method, target, version, t_host, t_port, path = _parse_request_line(head[: line_end - start])
+    headers = _parse_fields(head, line_end - start + 2, limits, 400, 431)
+
+    cl = te = conn = expect = upgrade = None
+    hosts: list[bytes] = []
+    for name, value in headers:
+        key = _TRACKED.get(name.lower())
+        if key is None:
+            continue
+        if key == _CONN:
+            conn = value if conn is None else conn + b"," + value
+        elif key == _HOST_H:
+            hosts.append(value)
+        elif key == _CL:
+            cl = value if cl is None else cl + b"," + value
+        elif key == _TE:
+            te = value if te is None else te + b"," + value
+        elif key == _EXPECT:
+            expect = value if expect is None else expect + b"," + value
+        elif key == _UPGRADE:
+            upgrade = value if upgrade is None else upgrade + b", " + value
+        else:
+            raise ProtocolError(f"header {name.decode('ascii')!r} imitates a framing header")
+
+    http11 = version == b"HTTP/1.1"
+    if len(hosts) > 1:
+        raise ProtocolError("several Host headers")
+    if hosts:
+        h_host, h_port = _parse_host(hosts[0], "Host header")
+        # RFC 9112 §3.2.2: the backend must not route on another host than the one we did.
+        if t_host is not None:
+            port, default = t_port
+            if (t_host, port) != (h_host, default if h_port is None else h_port):
+                raise ProtocolError("Host header does not match the absolute-form target")
+        host = h_host if t_host is None else t_host
+    elif http11:
+        raise ProtocolError("HTTP/1.1 request without a Host header")
+    else:
+        host = t_host or ""
+
+    content_length = None
+    chunked = False
+    if te is not None:
+        if cl is not None:
+            raise ProtocolError("both Transfer-Encoding and Content-Length")
+        if not http11:
+            raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
+        codings = _split_codings(te, 400)
+        if codings != [b"chunked"]:
+            if codings.count(b"chunked") > 1:
+                raise ProtocolError("chunked applied more than once")
+            if b"chunked" in codings[:-1]:
+                # RFC 9112 §6.3: chunked not last, the body length cannot be determined
+                raise ProtocolError("chunked is not the final transfer coding")
+            raise ProtocolError("unsupported Transfer-Encoding", 501)  # RFC 9112 §6.1
+        chunked = True
+    elif cl is not None:
+        content_length = _parse_content_length(cl, 400)
+
+    tokens = _connection_tokens(conn, 400)
+    if http11:
+        keep_alive = b"close" not in tokens
+    else:
+        keep_alive = b"keep-alive" in tokens and b"close" not in tokens
+    # RFC 9110 §7.8 and §10.1.1: Upgrade and 100-continue are ignored in HTTP/1.0 requests.
+    if upgrade is not None:
+        upgrade = upgrade.lower() if http11 and b"upgrade" in tokens else None
+    expect_continue = (
+        expect is not None and http11 and b"100-continue" in _split_list(expect.lower())
+    )
+    head_obj = RequestHead(
+        method, target, version, headers, host, path, content_length, chunked, keep_alive,
+        expect_continue, upgrade, tokens,
+    )
+    return head_obj, end + 4
+
+
+def _parse_request_line(line: bytes):
+    """-> (method, target, version, target host, (port, default port), path); the target host
+    and port are None unless the target is in absolute-form."""
+    m = _REQUEST_LINE.fullmatch(line)
+    if m is None:
+        _diagnose_request_line(line)
+    method, target, version = m.groups()
+    if version not in _KNOWN_VERSIONS:
+        raise ProtocolError(f"unsupported HTTP version {version.decode('ascii')}", 505)
+    if method == b"CONNECT":
+        raise ProtocolError("CONNECT is not supported by a reverse proxy")
+    if b"#" in target:
+        raise ProtocolError("fragment in request target")
+    first = target[0]
+    if first == 0x2F:  # "/": origin-form, the overwhelming case
+        q = target.find(b"?")
+        return method, target, version, None, None, target if q < 0 else target[:q]
+    if target == b"*":
+        if method != b"OPTIONS":
+            raise ProtocolError("asterisk-form target is only allowed with OPTIONS")
+        return method, target, version, None, None, b"/"
+    m = _ABSOLUTE_FORM.fullmatch(target)
+    if m is None:
+        raise ProtocolError("request target is neither origin-form nor absolute-form")
+    scheme, authority, path, _query = m.groups()
+    if b"@" in authority:
+        raise ProtocolError("userinfo in request target")
+    host, port = _parse_host(authority, "request target authority")
+    default = _DEFAULT_PORTS[scheme.lower()]
+    return method, target, version, host, (default if port is None else port, default), path or b"/"
+
+
+def _diagnose_request_line(line: bytes, partial: bool = False) -> None:
+    """Name the fault of a request line (partial: still without its CRLF) and raise."""
+    if b"\n" in line:
+        raise ProtocolError("bare LF line ending (CRLF required)")
+    if partial and line.endswith(b"\r"):
+        line = line[:-1]
+    if b"\r" in line:
+        raise ProtocolError("bare CR in request line")
+    if line[:1] in (b" ", b"\t"):
+        raise ProtocolError("whitespace before the request line")
+    if b"\t" in line:
+        raise ProtocolError("request line separators must be single spaces")
+    parts = line.split(b" ")
+    if _TOKEN.fullmatch(parts[0]) is None:
+        raise ProtocolError("invalid method in request line")
+    if len(parts) > 1 and parts[1] and _VCHARS.fullmatch(parts[1]) is None:
+        raise ProtocolError("invalid character in request target")
+    if not partial and len(parts) == 2 and parts[1]:
+        raise ProtocolError("request line without HTTP version (HTTP/0.9 is not supported)")
+    if len(parts) > 3 or not all(parts[:-1]) or not (partial or parts[-1]):
+        raise ProtocolError("request line must be METHOD SP target SP version")
+    raise ProtocolError("malformed HTTP version")
+
+
+def _check_partial_request(buf, start: int, limits: Limits) -> None:
+    """The head is incomplete: raise now if it can never become acceptable."""
+    size = len(buf) - start
+    if not size:
+        return
+    line_end = buf.find(b"\r\n", start)
+    if line_end < 0:
+        if size - buf.endswith(b"\r") > limits.max_request_line:
+            raise ProtocolError("request line too long", 414)
+        if _REQUEST_LINE_PREFIX.fullmatch(buf, start) is None:
+            _diagnose_request_line(bytes(buf[start:]), partial=True)
+            raise ProtocolError("malformed request line")
+    else:
+        if line_end - start > limits.max_request_line:
+            raise ProtocolError("request line too long", 414)
+        # Validate now: an HTTP/0.9 client ("GET /\r\n") would otherwise wait for a timeout.
+        _parse_request_line(bytes(buf[start:line_end]))
+    _check_partial_head(buf, start, limits, 400, 431)
+
+
+def _check_partial_head(buf, start: int, limits: Limits, hint: int, size_hint: int) -> None:
+    if len(buf) - start >= limits.max_head_size:
+        raise ProtocolError("head too large", size_hint)
+    crlf = buf.count(b"\r\n", start)
+    if crlf > limits.max_header_count + 1:
+        raise ProtocolError("too many header fields", size_hint)
+    if buf.count(b"\n", start) != crlf:
+        raise ProtocolError("bare LF line ending (CRLF required)", hint)
+    if buf.count(b"\r", start) - buf.endswith(b"\r") != crlf:
+        raise ProtocolError("bare CR in head", hint)
+
+
+# --- response ---------------------------------------------------------------------------------
+
+
+def parse_response_head(
+    buf: bytes | bytearray, request_method: bytes, limits: Limits = DEFAULT_LIMITS
+) -> tuple[ResponseHead, int] | None:
+    """Same contract as parse_request_head, for the backend's answer to request_method.
+    Errors raise ProtocolError(..., status_hint=502). A 1xx head is returned like any other."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        if buf[:5] != b"HTTP/"[: len(buf)]:
+            raise ProtocolError("response does not start with HTTP/", 502)
+        line_end = buf.find(b"\r\n")
+        if (line_end if line_end >= 0 else len(buf)) > limits.max_request_line:
+            raise ProtocolError("status line too long", 502)
+        _check_partial_head(buf, 0, limits, 502, 502)
+        return None
+    line_end = buf.find(b"\r\n")
+    if line_end > limits.max_request_line:
+        raise ProtocolError("status line too long", 502)
+    if end + 4 > limits.max_head_size:
+        raise ProtocolError("response head too large", 502)
+    head = bytes(buf[: end + 2])
+    m = _STATUS_LINE.fullmatch(head, 0, line_end)
+    if m is None:
+        raise ProtocolError("malformed status line", 502)
+    version, status_b, reason = m.groups()
+    if version not in _KNOWN_VERSIONS:
+        raise ProtocolError(f"unsupported response version {version.decode('ascii')}", 502)
+    status = int(status_b)
+    if status < 100 or status > 599:
+        raise ProtocolError(f"status code {status} out of range", 502)
+    headers = _parse_fields(head, line_end + 2, limits, 502, 502)
+
+    cl = te = conn = None
+    for name, value in headers:
+        key = _TRACKED.get(name.lower())
+        if key == _CONN:
+            conn = value if conn is None else conn + b"," + value
+        elif key == _CL:
+            cl = value if cl is None else cl + b"," + value
+        elif key == _TE:
+            te = value if te is None else te + b"," + value
+        elif key == _LOOKALIKE:
+            raise ProtocolError(f"header {name.decode('ascii')!r} imitates a framing header", 502)
+    if te is not None and cl is not None:
+        raise ProtocolError("both Transfer-Encoding and Content-Length", 502)
+    content_length = None if cl is None else _parse_content_length(cl, 502)
+    codings = None if te is None else _split_codings(te, 502)
+    if codings is not None and codings.count(b"chunked") > 1:
+        raise ProtocolError("chunked applied more than once", 502)
+
+    http11 = version == b"HTTP/1.1"
+    tokens = _connection_tokens(conn, 502)
+    keep_alive = b"close" not in tokens and (http11 or b"keep-alive" in tokens)
+    if request_method == b"HEAD" or status < 200 or status == 204 or status == 304:
+        body = "none"
+    elif codings is not None:
+        # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing: read to close.
+        body = "chunked" if http11 and codings[-1] == b"chunked" else "close"
+    elif content_length is not None:
+        body = "length"
+    else:
+        body = "close"
+    if body == "close":
+        keep_alive = False
+    head_obj = ResponseHead(
+        version, status, reason or b"", headers, content_length, body == "chunked",
+        keep_alive, tokens, body,
+    )
+    return head_obj, end + 4
+
+
+# --- fields -----------------------------------------------------------------------------------
+
+
+def _parse_fields(head: bytes, pos: int, limits: Limits, hint: int, size_hint: int):
+    """Field lines of head[pos:] (each ending with CRLF) -> [(name, stripped value)]."""
+    if head.count(b"\r\n", pos) > limits.max_header_count:
+        raise ProtocolError("too many header fields", size_hint)
+    if _FIELD_BLOCK.fullmatch(head, pos) is None:
+        _diagnose_fields(head[pos:].split(b"\r\n")[:-1], hint)
+    return _FIELD.findall(head, pos)
+
+
+def _diagnose_fields(lines: list[bytes], hint: int, what: str = "header") -> None:
+    for index, line in enumerate(lines):
+        if _FIELD_LINE.fullmatch(line) is not None:
+            continue
+        if b"\n" in line:
+            raise ProtocolError("bare LF line ending (CRLF required)", hint)
+        if b"\r" in line:
+            raise ProtocolError("bare CR in " + what, hint)
+        if line[:1] in (b" ", b"\t"):
+            if index == 0:
+                raise ProtocolError(f"whitespace before the first {what} field", hint)
+            raise ProtocolError(f"obs-fold (line folding) in {what} section", hint)
+        name, colon, value = line.partition(b":")
+        if not colon:
+            raise ProtocolError(f"{what} line without a colon", hint)
+        if not name:
+            raise ProtocolError(f"empty {what} name", hint)
+        if name[-1:] in (b" ", b"\t"):
+            raise ProtocolError(f"whitespace between {what} name and colon", hint)
+        if _TOKEN.fullmatch(name) is None:
+            raise ProtocolError(f"invalid character in {what} name", hint)
+        bad = _CTL.search(value)
+        char = value[bad.start()] if bad else 0
+        raise ProtocolError(f"invalid character 0x{char:02x} in {what} value", hint)
+    raise ProtocolError(f"malformed {what} section", hint)
+
+
+def _split_list(value: bytes) -> list[bytes]:
+    return [item.strip(b" \t") for item in value.split(b",")]
+
+
+def _split_codings(value: bytes, hint: int) -> list[bytes]:
+    # Stricter than RFC 9110 §5.6.1.2 (empty list elements): any doubt about the framing of a
+    # body is an error, never a guess.
+    codings = _split_list(value.lower())
+    for coding in codings:
+        if _TOKEN.fullmatch(coding) is None:
+            raise ProtocolError("malformed Transfer-Encoding", hint)
+    return codings
+
+
+def _parse_content_length(value: bytes, hint: int) -> int:
+    if _DIGITS.fullmatch(value) is not None:
+        return int(value)
+    numbers = set()
+    for item in _split_list(value):
+        if _DIGITS.fullmatch(item) is None:
+            raise ProtocolError("invalid Content-Length", hint)
+        numbers.add(int(item))
+    if len(numbers) != 1:
+        raise ProtocolError("conflicting Content-Length values", hint)
+    return numbers.pop()
+
+
+def _connection_tokens(value: bytes | None, hint: int) -> frozenset[bytes]:
+    if value is None:
+        return frozenset()
+    tokens = frozenset(item for item in _split_list(value.lower()) if item)
+    for token in tokens:
+        if _TOKEN.fullmatch(token) is None:
+            raise ProtocolError("malformed Connection header", hint)
+    return tokens
+
+
+def _parse_host(value: bytes, what: str) -> tuple[str, int | None]:
+    """uri-host [":" port] (RFC 9110 §7.2) -> (lower-case host, port or None)."""
+    m = _HOST.fullmatch(value)
+    if m is None:
+        raise ProtocolError(f"invalid {what}")
+    host, port = m.groups()
+    if host[:1] == b"[":
+        try:
+            ipaddress.IPv6Address(host[1:-1].decode("ascii"))
+        except ValueError:
+            raise ProtocolError(f"invalid IPv6 address in {what}") from None
+    if port is not None:
+        port = int(port)
+        if port > 65535:
+            raise ProtocolError(f"port out of range in {what}")
+    return host.decode("ascii").lower(), port
+
+
+# --- chunked body -----------------------------------------------------------------------------
+
+_SIZE, _DATA, _DATA_CR, _DATA_LF, _TRAILER, _DONE = range(6)
+
+
+class ChunkedFramer:
+    """Validates a chunked body (RFC 9112 §7.1) as it streams by, without decoding it.
+
+    State persists across feed() calls, so any line may arrive split anywhere. Chunk data is
+    skipped by arithmetic; only size lines, the CRLF after data and trailer lines are read.
+    """
+
+    __slots__ = ("done", "_limits", "_hint", "_state", "_remaining", "_line", "_trailer_size",
+                 "_trailer_count")
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS, status_hint: int = 400):
+        self.done = False
+        self._limits = limits
+        self._hint = status_hint
+        self._state = _SIZE
+        self._remaining = 0
+        self._line = b""  # partial size or trailer line carried over from the previous feed
+        self._trailer_size = 0
+        self._trailer_count = 0
+
+    def feed(self, data: bytes | bytearray | memoryview) -> int:
+        """Return how many leading bytes of data belong to the body (all unless it ends inside
+        data; after done, the rest is the next message). Raises ProtocolError."""
+        n = len(data)
+        pos = 0
+        while pos < n:
+            state = self._state
+            if state == _DATA:
+                left = n - pos
+                if left < self._remaining:
+                    self._remaining -= left
+                    return n
+                pos += self._remaining
+                self._remaining = 0
+                self._state = _DATA_CR
+            elif state == _DATA_CR or state == _DATA_LF:
+                if data[pos] != (13 if state == _DATA_CR else 10):
+                    raise ProtocolError("missing CRLF after chunk data", self._hint)
+                pos += 1
+                self._state = _DATA_LF if state == _DATA_CR else _SIZE
+            elif state == _DONE:
+                return pos
+            else:
+                if state == _SIZE:
+                    limit = self._limits.max_chunk_line
+                else:
+                    limit = self._limits.max_head_size - self._trailer_size
+                room = max(limit - len(self._line), 0) + 2  # the line, then its CRLF
+                window = data[pos : pos + room]
+                if type(window) is memoryview:
+                    window = bytes(window)
+                lf = window.find(b"\n")
+                if lf < 0:
+                    self._line += window
+                    if len(self._line) > limit + 1:
+                        raise self._too_long(state)
+                    return n
+                line = self._line + window[:lf]
+                self._line = b""
+                pos += lf + 1
+                if line[-1:] != b"\r":
+                    raise ProtocolError("bare LF in chunked body (CRLF required)", self._hint)
+                line = line[:-1]
+                if len(line) > limit:
+                    raise self._too_long(state)
+                if state == _SIZE:
+                    self._size_line(line)
+                else:
+                    self._trailer_line(line)
+        if self._state == _DONE:
+            self.done = True
+        return pos
+
+    def _size_line(self, line: bytes) -> None:
+        m = _CHUNK_LINE.fullmatch(line)
+        if m is None:
+            digits = _HEX_PREFIX.match(line).group()
+            rest = line[len(digits) :]
+            if len(digits) > 16:
+                raise ProtocolError("chunk size has more than 16 hex digits", self._hint)
+            if digits and rest.lstrip(b" \t")[:1] == b";":
+                raise ProtocolError("invalid chunk extension", self._hint)
+            raise ProtocolError("invalid chunk size", self._hint)
+        size = int(m.group(1), 16)
+        if size:
+            self._remaining = size
+            self._state = _DATA
+        else:
+            self._state = _TRAILER
+
+    def _trailer_line(self, line: bytes) -> None:
+        if not line:
+            self._state = _DONE
+            self.done = True
+            return
+        self._trailer_count += 1
+        self._trailer_size += len(line) + 2
+        if self._trailer_count > self._limits.max_header_count:
+            raise ProtocolError("too many trailer fields", self._hint)
+        if _FIELD_LINE.fullmatch(line) is None:
+            # index 1: a leading space in a trailer is always an obs-fold attempt
+            _diagnose_fields([b"x:", line], self._hint, "trailer")
+
+    def _too_long(self, state: int) -> ProtocolError:
+        what = "chunk size line" if state == _SIZE else "trailer section"
+        return ProtocolError(f"{what} too long", self._hint)
