@@ -1,0 +1,278 @@
+"""Human output of sozuctl: aligned plain-text tables built from answer data (pure).
+
+Renderers are lenient about what they are given: a field they do not know is shown as compact
+JSON rather than dropped, a field that is missing is shown as "-", so a newer proxy never makes
+an older sozuctl fail to print.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sozu.metrics import percentiles
+
+MISSING = "-"
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return MISSING
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def _numeric(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """Columns separated by two spaces; a column of numbers is right-aligned."""
+    rows = [list(row) for row in rows]
+    texts = [[cell(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    right = [True] * len(headers)
+    for row, text in zip(rows, texts):
+        for i, (value, t) in enumerate(zip(row, text)):
+            widths[i] = max(widths[i], len(t))
+            right[i] = right[i] and (value is None or _numeric(value))
+    right = [r and any(_numeric(row[i]) for row in rows) for i, r in enumerate(right)]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(t.rjust(w) if r else t.ljust(w)
+                         for t, w, r in zip(values, widths, right)).rstrip()
+
+    return "\n".join([line(headers)] + [line(t) for t in texts])
+
+
+def _worker_sort_key(worker_id: Any) -> tuple:
+    # The master first, then workers by number.
+    text = str(worker_id)
+    if text == "master":
+        return (0, 0, "")
+    return (1, int(text), "") if text.isdigit() else (2, 0, text)
+
+
+# --- status ----------------------------------------------------------------------------------
+
+def status(data: Any) -> str:
+    workers = sorted(_as_dict(data).get("workers") or [],
+                     key=lambda w: _worker_sort_key(_as_dict(w).get("id")))
+    with_generation = any("generation" in _as_dict(w) for w in workers)
+    headers = ["ID", "PID", "STATE", "RESTARTS"] + (["GENERATION"] if with_generation else [])
+    rows = []
+    for worker in workers:
+        w = _as_dict(worker)
+        row = [w.get("id"), w.get("pid"), w.get("state"), w.get("restarts")]
+        rows.append(row + ([w.get("generation")] if with_generation else []))
+    return table(headers, rows)
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+def metrics(data: Any) -> str:
+    data = _as_dict(data)
+    workers = _as_dict(data.get("workers"))
+    total = _as_dict(data.get("total"))
+    workers = {w: _with_percentiles(_as_dict(c)) for w, c in workers.items()}
+    total = _with_percentiles(total)
+    worker_ids = sorted(workers, key=_worker_sort_key)
+    names = set(total)
+    for counters in workers.values():
+        names.update(_as_dict(counters))
+    headers = ["METRIC"] + [f"WORKER {w}" if str(w) != "master" else "MASTER"
+                            for w in worker_ids] + ["TOTAL"]
+    rows = []
+    for name in sorted(names):
+        row = [name] + [_as_dict(workers[w]).get(name) for w in worker_ids]
+        rows.append(row + [total.get(name)])
+    return table(headers, rows)
+
+
+def _with_percentiles(counters: dict) -> dict:
+    """A worker's request-time histogram is shown as the percentiles of the total column."""
+    buckets = counters.get("request_time_buckets")
+    if not isinstance(buckets, list):
+        return counters
+    shown = {k: v for k, v in counters.items() if k != "request_time_buckets"}
+    try:
+        shown.update(percentiles(buckets))
+    except (TypeError, IndexError):
+        shown["request_time_buckets"] = buckets
+    return shown
+
+
+# --- query applications ----------------------------------------------------------------------
+
+def applications(data: Any) -> str:
+    """One table per source (master, each worker), or one table when they all agree.
+    The master may send its applications' hashes instead of their views: those are shown
+    apart, as a table of hashes."""
+    data = _as_dict(data)
+    sources, hashes = [], None
+    master = data.get("master")
+    if isinstance(master, dict):
+        hashes = table(["APPLICATION", "HASH"], sorted(master.items())) if master \
+            else "no application"
+    elif master is not None:
+        sources.append(("master", master))
+    workers = _as_dict(data.get("workers"))
+    for worker_id in sorted(workers, key=_worker_sort_key):
+        sources.append((f"worker {worker_id}", workers[worker_id]))
+    out = []
+    if not sources:
+        out.append("no answer from any worker")
+    elif len(sources) > 1 and all(_canonical(apps) == _canonical(sources[0][1])
+                                  for _, apps in sources):
+        names = ", ".join(name for name, _ in sources)
+        out.append(f"{application_table(sources[0][1])}\n({names} agree)")
+    else:
+        out.extend(f"{name}:\n{application_table(apps)}" for name, apps in sources)
+    if hashes is not None:
+        out.append(f"master (application hashes):\n{hashes}")
+    return "\n\n".join(out)
+
+
+def application_table(apps: Any) -> str:
+    rows = []
+    for app in _as_list(apps):
+        rows.extend(_application_rows(_as_dict(app)))
+    if not rows:
+        return "no application"
+    return table(["APPLICATION", "KIND", "ADDRESS", "ROUTE / BACKEND", "SETTINGS"], rows)
+
+
+def _application_rows(app: dict) -> list[list]:
+    """Accepts Sozu 0.11's QueryAnswerApplication ({configuration, http_frontends,
+    https_frontends, tcp_frontends, backends}) or a flat {app_id, ...} object."""
+    config = _as_dict(app.get("configuration")) or {
+        k: v for k, v in app.items() if not isinstance(v, (list, dict))}
+    app_id = config.get("app_id") or app.get("app_id") or MISSING
+    rows = [[app_id, "application", "", "", _settings(config)]] if config else []
+    for kind in ("http", "https", "tcp"):
+        for front in _as_list(app.get(f"{kind}_frontends")):
+            front = _as_dict(front)
+            route = "" if kind == "tcp" else \
+                f"{front.get('hostname', MISSING)}{front.get('path_begin') or ''}"
+            rows.append([front.get("app_id", app_id), f"{kind} frontend",
+                         front.get("address"), route, ""])
+    for backend in _as_list(app.get("backends")):
+        backend = _as_dict(backend)
+        rows.append([backend.get("app_id", app_id), "backend", backend.get("address"),
+                     backend.get("backend_id"), _backend_settings(backend)])
+    return rows
+
+
+def _settings(config: dict) -> str:
+    parts = []
+    if config.get("load_balancing_policy"):
+        parts.append(str(config["load_balancing_policy"]))
+    if config.get("sticky_session"):
+        parts.append("sticky")
+    if config.get("https_redirect"):
+        parts.append("https-redirect")
+    if config.get("proxy_protocol"):
+        parts.append(f"proxy-protocol={config['proxy_protocol']}")
+    return " ".join(parts)
+
+
+def _backend_settings(backend: dict) -> str:
+    parts = []
+    weight = _as_dict(backend.get("load_balancing_parameters")).get("weight")
+    if weight is not None:
+        parts.append(f"weight={weight}")
+    if backend.get("sticky_id"):
+        parts.append(f"sticky_id={backend['sticky_id']}")
+    if backend.get("backup"):
+        parts.append("backup")
+    return " ".join(parts)
+
+
+# --- state dump ----------------------------------------------------------------------------
+
+def state(data: Any) -> str:
+    """DUMP_STATE: {listeners: [{address, protocol, active, config}], applications: [views as
+    in query applications], certificates: [{address, fingerprint, names}]}; other keys are
+    shown as generic tables."""
+    data = dict(_as_dict(data))
+    out = []
+    if "listeners" in data:
+        rows = []
+        for listener in _as_list(data.pop("listeners")):
+            listener = _as_dict(listener)
+            config = _as_dict(listener.get("config"))
+            rows.append([listener.get("protocol"), listener.get("address"),
+                         listener.get("active"), config.get("public_address"),
+                         _listener_settings(config)])
+        out.append("Listeners:\n" + (table(["PROTOCOL", "ADDRESS", "ACTIVE", "PUBLIC ADDRESS",
+                                             "SETTINGS"], rows) if rows else "(none)"))
+    if "applications" in data:
+        out.append("Applications:\n" + application_table(data.pop("applications")))
+    if "certificates" in data:
+        rows = [[c.get("address"), c.get("fingerprint"), ",".join(map(str, c.get("names") or []))
+                 or MISSING] for c in map(_as_dict, _as_list(data.pop("certificates")))]
+        out.append("Certificates:\n" + (table(["ADDRESS", "FINGERPRINT", "NAMES"], rows)
+                                         if rows else "(none)"))
+    if data:
+        out.append(_generic_sections(data))
+    return "\n\n".join(out) if out else "(empty state)"
+
+
+def _listener_settings(config: dict) -> str:
+    parts = [f"{name}={config[key]}s" for name, key in (
+        ("front", "front_timeout"), ("back", "back_timeout"), ("connect", "connect_timeout"),
+        ("request", "request_timeout")) if config.get(key) is not None]
+    if config.get("expect_proxy"):
+        parts.append("expect-proxy")
+    if config.get("versions"):
+        parts.append("+".join(map(str, config["versions"])))
+    return " ".join(parts)
+
+
+def _generic_sections(data: dict) -> str:
+    out = []
+    for key, value in data.items():
+        title = key.replace("_", " ").capitalize()
+        out.append(f"{title}:\n{_generic_table(value)}")
+    return "\n\n".join(out) if out else "(empty state)"
+
+
+def _generic_table(value: Any) -> str:
+    if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+        columns = _columns(value.values())
+        return table(["KEY"] + [c.upper() for c in columns],
+                     [[k] + [v.get(c) for c in columns] for k, v in value.items()])
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        columns = _columns(value)
+        return table([c.upper() for c in columns], [[v.get(c) for c in columns] for v in value])
+    if isinstance(value, dict):
+        return table(["KEY", "VALUE"], list(value.items())) if value else "(none)"
+    if isinstance(value, list):
+        return "\n".join(cell(v) for v in value) if value else "(none)"
+    return cell(value)
+
+
+def _columns(objects: Iterable[dict]) -> list[str]:
+    columns: list[str] = []
+    for obj in objects:
+        columns.extend(k for k in obj if k not in columns)
+    return columns
+
+
+def _as_dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _as_list(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
