@@ -1,0 +1,719 @@
+"""The TOML configuration file -> a validated, frozen Config -> the first orders (pure).
+
+Theory of operation. `parse` walks the TOML tree once, top to bottom, through `_Table`, which
+knows the dotted path of the table it wraps and takes its keys and defaults from the dataclass
+the table becomes (so TOML keys and field names are the same words). It refuses unknown keys
+before reading any value; its typed getters check type and range; every error is one line
+naming the file, the dotted key, the value and what was expected. The files the config names
+(answer pages, certificates, keys) are read and checked here, so a Config is self-contained:
+workers, maybe chrooted, never open them. What ConfigState would refuse later (a frontend on a
+missing listener, a route owned twice, one certificate with two keys) is refused here too, so
+`to_orders()` is a plain translation whose orders always apply.
+No gevent, no sockets, no logging: reading the config file and the files it names is the only
+I/O. `cryptography` (certificates) and `OpenSSL` (cipher lists) are imported only when needed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import json
+import os
+import re
+from dataclasses import dataclass
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python < 3.11
+    import tomli as tomllib
+
+from sozu.messages import Order, normalize_hostname
+
+LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "critical", "off")
+LOAD_BALANCING_POLICIES = {"roundrobin": "RoundRobin", "random": "Random",
+                           "leastconnections": "LeastConnections", "poweroftwo": "PowerOfTwo"}
+TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+DEFAULT_STICKY_NAME = "SOZUBALANCEID"
+MAX_NAMED_FILE_SIZE = 1 << 20          # an answer page or a PEM file: it travels inside orders
+MAX_TIMEOUT = 86_400                   # s; more than a day is a unit mistake, not a wish
+UNIX_PATH_MAX = 107                    # sun_path holds 108 bytes with the final NUL
+
+_REQUIRED = object()
+_NOTHING = object()
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")                         # RFC 9110: cookie name
+_COOKIE_VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+")   # RFC 6265 cookie-octet
+_NO_CONTROL = re.compile(r"[^\x00-\x1f\x7f]+")
+_ACCOUNT = re.compile(r"[^\s:/]+")
+_APP_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_PATH_BEGIN = re.compile(r"/[\x21\x22\x24-\x3e\x40-\x7e]*")   # printable; no space, '?', '#'
+_LOGGER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*(?:\.[A-Za-z_][A-Za-z0-9_-]*)*")
+_STATUS_LINE = re.compile(r"HTTP/1\.[01] [1-5][0-9][0-9](?: [^\r\n]*)?\r?\n")
+_PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.S)
+_A = {"http": "an http", "https": "an https", "tcp": "a tcp"}
+
+
+class ConfigError(Exception):
+    """One line for a user: `<file>: <dotted.key>: <what is wrong> (got <value>, expected <what>)`."""
+
+    def __init__(self, file: str, key: str | None, what: str, got=_NOTHING, expected=None):
+        details = ([] if got is _NOTHING else [f"got {_show(got)}"])
+        details += [f"expected {expected}"] if expected else []
+        text = f"{file}: {key}: {what}" if key else f"{file}: {what}"
+        super().__init__(text + (f" ({', '.join(details)})" if details else ""))
+        self.file, self.key = file, key
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    protocol: str                      # http | https | tcp
+    address: str                       # normalised IP:PORT
+    answer_404: str | None = None      # raw HTTP answers (the files' text); http and https only
+    answer_503: str | None = None
+    expect_proxy: bool = False
+    sticky_name: str | None = DEFAULT_STICKY_NAME   # None on tcp listeners
+    tls_versions: tuple[str, ...] = ()             # https only
+    cipher_list: str | None = None                 # https only
+    front_timeout: int = 60            # effective timeouts: the listener's own, else the global ones
+    back_timeout: int = 30
+    connect_timeout: int = 3
+    request_timeout: int = 10          # unused by tcp listeners
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    address: str
+    hostname: str | None = None        # lower-case; None for tcp
+    path_begin: str = ""
+    certificate: str | None = None     # PEM of the leaf certificate
+    key: str | None = None             # PEM of its private key
+    certificate_chain: tuple[str, ...] = ()   # PEM blocks, leaf excluded
+    certificate_path: str | None = None       # absolute; for people, not for orders
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    address: str
+    backend_id: str
+    weight: int = 100
+    sticky_id: str | None = None
+    backup: bool = False
+
+
+@dataclass(frozen=True)
+class ApplicationConfig:
+    app_id: str
+    protocol: str = "http"             # http | tcp
+    sticky_session: bool = False
+    https_redirect: bool = False
+    send_proxy: bool = False
+    load_balancing_policy: str = "roundrobin"   # as spelled in the file
+    frontends: tuple[FrontendConfig, ...] = ()
+    backends: tuple[BackendConfig, ...] = ()
+    answer_503: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str                          # absolute path of the file
+    command_socket: str                # absolute
+    saved_state: str | None = None
+    automatic_state_save: bool = False
+    log_level: str = "info"
+    log_target: str = "stdout"         # stdout | stderr | file:///absolute/path
+    log_access_target: str = "stdout"  # the same, or off
+    worker_count: int = 2
+    worker_automatic_restart: bool = True
+    max_connections: int = 10000
+    buffer_size: int = 16384
+    front_timeout: int = 60
+    back_timeout: int = 30
+    connect_timeout: int = 3
+    request_timeout: int = 10
+    pid_file_path: str | None = None
+    user: str = "nobody"
+    group: str = "nogroup"
+    chroot: str | None = None
+    ctl_command_timeout: int = 1000    # ms: the master waits this long for workers' answers
+    worker_heartbeat_timeout: int = 10  # s: a silent worker is killed and replaced
+    shutdown_grace_period: int = 30    # s: soft stop / upgrade drain bound, then hard close
+    max_command_message_size: int = 1_000_000  # bytes: one command-socket message
+    listeners: tuple[ListenerConfig, ...] = ()
+    applications: tuple[ApplicationConfig, ...] = ()
+
+    def to_orders(self) -> list[Order]:
+        """Listeners (each added, then activated), certificates, applications, backends, fronts."""
+        orders: list[Order] = []
+        protocols = {listener.address: listener.protocol for listener in self.listeners}
+        for listener in self.listeners:
+            orders.append(Order(f"ADD_{listener.protocol.upper()}_LISTENER", _listener_data(listener)))
+            orders.append(Order("ACTIVATE_LISTENER", {"front": listener.address,
+                                                      "proxy": listener.protocol.upper(), "from_scm": False}))
+        added = set()
+        for front in (front for app in self.applications for front in app.frontends):
+            if front.certificate is not None and (front.address, front.certificate) not in added:
+                added.add((front.address, front.certificate))
+                orders.append(Order("ADD_CERTIFICATE", {"front": front.address, "names": [], "certificate": {
+                    "certificate": front.certificate, "key": front.key,
+                    "certificate_chain": list(front.certificate_chain)}}))
+        for app in self.applications:
+            orders.append(Order("ADD_APPLICATION", {
+                "app_id": app.app_id, "sticky_session": app.sticky_session,
+                "https_redirect": app.https_redirect,
+                "proxy_protocol": "SendHeader" if app.send_proxy else None,
+                "load_balancing_policy": LOAD_BALANCING_POLICIES[app.load_balancing_policy],
+                "answer_503": app.answer_503}))
+        for app in self.applications:
+            for backend in app.backends:
+                orders.append(Order("ADD_BACKEND", {
+                    "app_id": app.app_id, "backend_id": backend.backend_id, "address": backend.address,
+                    "sticky_id": backend.sticky_id, "backup": backend.backup,
+                    "load_balancing_parameters": {"weight": backend.weight}}))
+        for app in self.applications:
+            for front in app.frontends:
+                if app.protocol == "tcp":
+                    orders.append(Order("ADD_TCP_FRONT", {"app_id": app.app_id, "address": front.address}))
+                else:
+                    orders.append(Order(f"ADD_{protocols[front.address].upper()}_FRONT", {
+                        "app_id": app.app_id, "address": front.address,
+                        "hostname": front.hostname, "path_begin": front.path_begin}))
+        return orders
+
+    def summary(self) -> str:
+        """`2 listeners, 3 applications, 5 backends`."""
+        counts = ((len(self.listeners), "listener"), (len(self.applications), "application"),
+                  (sum(len(app.backends) for app in self.applications), "backend"))
+        return ", ".join(f"{n} {noun}{'' if n == 1 else 's'}" for n, noun in counts)
+
+
+def _listener_data(listener: ListenerConfig) -> dict:
+    data = {"front": listener.address, "public_address": None, "expect_proxy": listener.expect_proxy,
+            "front_timeout": listener.front_timeout, "back_timeout": listener.back_timeout,
+            "connect_timeout": listener.connect_timeout}
+    if listener.protocol != "tcp":
+        data.update(answer_404=listener.answer_404, answer_503=listener.answer_503,
+                    sticky_name=listener.sticky_name, request_timeout=listener.request_timeout)
+    if listener.protocol == "https":
+        data.update(versions=list(listener.tls_versions), cipher_list=listener.cipher_list)
+    return data
+
+
+# --- entry points ----------------------------------------------------------------------------
+
+def load(path: str) -> Config:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError(path, None, f"cannot read the configuration file: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, None, f"not UTF-8 text (byte {e.start})") from None
+    return parse(text, path)
+
+
+def check(path: str) -> str:
+    """`sozu config check`: `<file>: OK, <summary>`, or ConfigError."""
+    config = load(path)
+    config.to_orders()
+    return f"{path}: OK, {config.summary()}"
+
+
+_SECONDS = (1, MAX_TIMEOUT, " (seconds)")
+_TOP_INTEGERS = {
+    "worker_count": (1, 64, ""), "max_connections": (1, 1_000_000, ""),
+    "buffer_size": (1024, 1_048_576, " (bytes)"), "front_timeout": _SECONDS, "back_timeout": _SECONDS,
+    "connect_timeout": _SECONDS, "request_timeout": _SECONDS,
+    "ctl_command_timeout": (1, MAX_TIMEOUT * 1000, " (milliseconds)"),
+    "worker_heartbeat_timeout": _SECONDS, "shutdown_grace_period": _SECONDS,
+    "max_command_message_size": (4096, 64 << 20, " (bytes)"),
+}
+
+
+def parse(text: str, path: str) -> Config:
+    """`path` names the file in messages and anchors relative paths."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, None, "invalid TOML: " + " ".join(str(e).split())) from None
+    top = _Table(_Context(path, os.path.dirname(os.path.abspath(path))), data, "", Config, ("path",))
+    settings = {"path": os.path.abspath(path), "command_socket": top.path("command_socket")}
+    if len(os.fsencode(settings["command_socket"])) > UNIX_PATH_MAX:
+        raise top.error("command_socket", f"too long for a unix socket: {settings['command_socket']}",
+                        data["command_socket"], f"at most {UNIX_PATH_MAX} bytes once absolute")
+    settings["saved_state"] = top.path("saved_state", None)
+    settings["automatic_state_save"] = top.boolean("automatic_state_save")
+    if settings["automatic_state_save"] and settings["saved_state"] is None:
+        raise top.error("automatic_state_save", "needs saved_state", True, "saved_state to be set too")
+    settings["log_level"] = top.string("log_level")
+    try:
+        parse_log_filter(settings["log_level"])
+    except ValueError as e:
+        raise top.error("log_level", str(e), settings["log_level"],
+                        f"LEVEL or LEVEL,logger=LEVEL,... with LEVEL among {', '.join(LOG_LEVELS)}") from None
+    settings["log_target"] = top.log_target("log_target", allow_off=False)
+    settings["log_access_target"] = top.log_target("log_access_target", allow_off=True)
+    for name, (lo, hi, unit) in _TOP_INTEGERS.items():
+        settings[name] = top.integer(name, lo, hi, unit=unit)
+    settings["worker_automatic_restart"] = top.boolean("worker_automatic_restart")
+    settings["pid_file_path"] = top.path("pid_file_path", None)
+    for name in ("user", "group"):
+        settings[name] = top.string(name, expected=f"a {name} name or id", pattern=_ACCOUNT)
+    settings["chroot"] = top.path("chroot", None, empty_is_none=True)
+    listeners = _parse_listeners(top, settings)
+    applications = _parse_applications(top, {listener.address: listener for listener in listeners})
+    return Config(listeners=listeners, applications=applications, **settings)
+
+
+def parse_log_filter(text: str) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+    """`info,sozu.http=debug` -> ("info", (("sozu.http", "debug"),)); ValueError says what is wrong."""
+    default, overrides = None, {}
+    for part in text.split(","):
+        name, sep, level = (p.strip() for p in part.rpartition("="))
+        if level.lower() not in LOG_LEVELS:
+            raise ValueError(f"unknown log level {json.dumps(level)}" if level else "empty filter element")
+        if not sep:
+            if default is not None:
+                raise ValueError("two default levels")
+            default = level.lower()
+        elif not _LOGGER.fullmatch(name):
+            raise ValueError(f"bad logger name {json.dumps(name)}")
+        elif name in overrides:
+            raise ValueError(f"logger {name} named twice")
+        else:
+            overrides[name] = level.lower()
+    return default, tuple(overrides.items())
+
+
+def normalize_address(text: str) -> str:
+    """`127.0.0.1:8080`, `[::1]:8080` -> the normalised form; else ValueError(what, expected)."""
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError("not an address", "[IPv6]:PORT")
+    else:
+        host, sep, port = text.rpartition(":")
+        if ":" in host:
+            raise ValueError("IPv6 address without brackets", "[IPv6]:PORT, like [::1]:8080")
+    if not sep or not port.isascii() or not port.isdigit() or len(port) > 5:
+        raise ValueError("not an IP:PORT address", "a numeric IP:PORT like 127.0.0.1:8080")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError("not a numeric address", "a numeric IP:PORT; sozu never resolves names") from None
+    if text.startswith("[") and ip.version != 6:
+        raise ValueError("brackets around an IPv4 address", "IPv4:PORT or [IPv6]:PORT")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError("port out of range", "a port 1..65535")
+    return f"[{ip}]:{int(port)}" if ip.version == 6 else f"{ip}:{int(port)}"
+
+
+def _split(address: str) -> tuple:
+    host, _, port = address.rpartition(":")
+    return ipaddress.ip_address(host.strip("[]")), port
+
+
+# --- reading tables --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Context:
+    file: str                          # as given, for messages
+    base: str                          # the absolute directory relative paths start from
+
+
+def _dotted(path: str, key) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    key = key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
+    return f"{path}.{key}" if path else key
+
+
+def _show(value) -> str:
+    """A value as TOML spells it, on one line, shortened."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+    elif isinstance(value, list):
+        text = "[" + ", ".join(_show(v) for v in value) + "]"
+    elif isinstance(value, dict):
+        text = "{" + ", ".join(f"{_dotted('', k)} = {_show(v)}" for k, v in value.items()) + "}"
+    else:
+        text = str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class _Table:
+    """One TOML table at a dotted path, read as the dataclass `schema`; unknown keys refused."""
+
+    def __init__(self, ctx: _Context, data: dict, path: str, schema, exclude=(), whole=False):
+        self.ctx, self.data, self.prefix = ctx, data, path
+        self.whole = whole             # the table stands for one value: a backend written as a string
+        fields = [f for f in dataclasses.fields(schema) if f.name not in exclude]
+        self.defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+        allowed = [f.name for f in fields]
+        for key in data:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                raise ConfigError(ctx.file, _dotted(path, key),
+                                  "unknown key" + (f", did you mean {close[0]}?" if close else ""),
+                                  expected="one of " + ", ".join(allowed))
+
+    def key(self, name) -> str:
+        return self.prefix if self.whole else _dotted(self.prefix, name)
+
+    def error(self, name, what: str, got=_NOTHING, expected=None) -> ConfigError:
+        return ConfigError(self.ctx.file, self.key(name), what, got, expected)
+
+    def value(self, name, default, expected):
+        """(value, given); a missing key gives the default, or an error when there is none."""
+        if name in self.data:
+            return self.data[name], True
+        default = self.defaults.get(name, _REQUIRED) if default is _NOTHING else default
+        if default is _REQUIRED:
+            raise self.error(name, "missing required key", expected=expected)
+        return default, False
+
+    def integer(self, name, lo: int, hi: int, default=_NOTHING, unit="") -> int:
+        expected = f"an integer {lo:_}..{hi:_}{unit}"
+        value, given = self.value(name, default, expected)
+        if given and type(value) is not int:          # TOML booleans are no numbers
+            raise self.error(name, "wrong type", value, expected)
+        if given and not lo <= value <= hi:
+            raise self.error(name, "out of range", value, expected)
+        return value
+
+    def boolean(self, name, default=_NOTHING) -> bool:
+        value, given = self.value(name, default, "true or false")
+        if given and type(value) is not bool:
+            raise self.error(name, "wrong type", value, "true or false")
+        return value
+
+    def string(self, name, default=_NOTHING, expected="a non-empty string", pattern=None,
+               allow_empty=False) -> str | None:
+        value, given = self.value(name, default, expected)
+        if given and not isinstance(value, str):
+            raise self.error(name, "wrong type", value, expected)
+        if given and not value and not allow_empty:
+            raise self.error(name, "empty string", value, expected)
+        if given and value and pattern is not None and not pattern.fullmatch(value):
+            raise self.error(name, "invalid value", value, expected)
+        return value
+
+    def choice(self, name, choices, default=_NOTHING) -> str:
+        expected = "one of " + ", ".join(choices)
+        value = self.string(name, default, expected)
+        if value not in choices:
+            raise self.error(name, "invalid value", value, expected)
+        return value
+
+    def path(self, name, default=_NOTHING, empty_is_none=False) -> str | None:
+        if empty_is_none and self.data.get(name) == "":
+            return None
+        value = self.string(name, default, "a path (relative to the config file's directory)")
+        return None if value is None else os.path.normpath(os.path.join(self.ctx.base, value))
+
+    def log_target(self, name, allow_off: bool) -> str:
+        forms = "stdout, stderr, file:///absolute/path, file://relative/path" + " or off" * allow_off
+        value = self.string(name, expected=forms)
+        if value in ("stdout", "stderr") or (allow_off and value == "off"):
+            return value
+        if value.startswith("file://") and value[7:] and not value.endswith("/"):
+            return "file://" + os.path.normpath(os.path.join(self.ctx.base, value[7:]))
+        raise self.error(name, "invalid log target", value, forms)
+
+    def array(self, name, expected: str) -> list:
+        value, given = self.value(name, [], expected)
+        if given and not isinstance(value, list):
+            raise self.error(name, "wrong type", value, expected)
+        return value
+
+    def tables(self, name, schema, expected: str, exclude=()):
+        """The items of an array of tables, each as a _Table."""
+        for index, item in enumerate(self.array(name, expected)):
+            path = _dotted(self.key(name), index)
+            if not isinstance(item, dict):
+                raise ConfigError(self.ctx.file, path, "wrong type", item, "a table")
+            yield _Table(self.ctx, item, path, schema, exclude)
+
+    def address(self, name, connectable=False) -> str:
+        raw = self.string(name, expected="a numeric IP:PORT like 127.0.0.1:8080")
+        try:
+            address = normalize_address(raw)
+        except ValueError as e:
+            raise self.error(name, e.args[0], raw, e.args[1]) from None
+        if connectable and _split(address)[0].is_unspecified:
+            raise self.error(name, "unspecified address", raw, "an address one can connect to")
+        return address
+
+    def read(self, name, expected: str) -> str | None:
+        """The UTF-8 text of the file named by `name`, or None when the key is absent."""
+        path = self.path(name, None)
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_NAMED_FILE_SIZE + 1)
+        except OSError as e:
+            raise self.error(name, f"cannot read {path}: {e.strerror}", self.data[name], expected) from None
+        if len(raw) > MAX_NAMED_FILE_SIZE:
+            raise self.error(name, f"{path} is larger than {MAX_NAMED_FILE_SIZE} bytes", self.data[name],
+                             expected)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.error(name, f"{path} is not UTF-8 text", self.data[name], expected) from None
+
+    def answer(self, name) -> str | None:
+        expected = 'a raw HTTP response file, starting with a status line like "HTTP/1.1 503 Unavailable"'
+        text = self.read(name, expected)
+        if text is not None and not _STATUS_LINE.match(text):
+            raise self.error(name, f"{self.path(name)} is not an HTTP response", self.data[name], expected)
+        if text is not None and "\n\n" not in text.replace("\r\n", "\n"):
+            raise self.error(name, f"{self.path(name)} has no empty line after its headers", self.data[name],
+                             "a raw HTTP response: status line, headers, empty line, body")
+        return text
+
+    def refuse(self, names, why: str, expected: str) -> None:
+        """Keys valid elsewhere but not here (tls_versions on an http listener)."""
+        for name in names:
+            if name in self.data:
+                raise self.error(name, why, self.data[name], expected)
+
+
+# --- listeners -------------------------------------------------------------------------------
+
+def _parse_listeners(top: _Table, settings: dict) -> tuple[ListenerConfig, ...]:
+    listeners, seen = [], {}
+    for table in top.tables("listeners", ListenerConfig, "an array of tables ([[listeners]])"):
+        protocol = table.choice("protocol", ("http", "https", "tcp"), default=_REQUIRED)
+        address = table.address("address")
+        _check_bind(table, address, seen)
+        seen[address] = table.key("address")
+        if protocol != "https":
+            table.refuse(("tls_versions", "cipher_list"), "only for https listeners",
+                         f"no such key on {protocol} listeners")
+        if protocol == "tcp":
+            table.refuse(("answer_404", "answer_503", "sticky_name", "request_timeout"),
+                         "only for http and https listeners", "no such key on tcp listeners")
+        timeouts = {name: table.integer(name, 1, MAX_TIMEOUT, default=settings[name], unit=" (seconds)")
+                    for name in ("front_timeout", "back_timeout", "connect_timeout", "request_timeout")}
+        listeners.append(ListenerConfig(
+            protocol=protocol, address=address,
+            answer_404=table.answer("answer_404"), answer_503=table.answer("answer_503"),
+            expect_proxy=table.boolean("expect_proxy"),
+            sticky_name=None if protocol == "tcp" else table.string(
+                "sticky_name", expected="a cookie name (letters, digits, !#$%&'*+-.^_`|~)", pattern=_TOKEN),
+            tls_versions=_tls_versions(table) if protocol == "https" else (),
+            cipher_list=_cipher_list(table) if protocol == "https" else None,
+            **timeouts))
+    return tuple(listeners)
+
+
+def _check_bind(table: _Table, address: str, seen: dict) -> None:
+    """Two listeners on one address, or a wildcard and a specific address of one family on one
+    port: the second bind would fail with EADDRINUSE at start, after the config said OK."""
+    if address in seen:
+        raise table.error("address", f"already used by {seen[address]}", table.data["address"],
+                          "one listener per address")
+    ip, port = _split(address)
+    for other, where in seen.items():
+        other_ip, other_port = _split(other)
+        wildcard = ip.is_unspecified or other_ip.is_unspecified
+        if port == other_port and ip.version == other_ip.version and wildcard:
+            raise table.error("address", f"port {port} is already bound by {where} ({other})",
+                              table.data["address"], "a distinct port, or the same wildcard listener")
+
+
+def _tls_versions(table: _Table) -> tuple[str, ...]:
+    if "tls_versions" not in table.data:
+        return TLS_VERSIONS
+    expected = "a non-empty array of " + ", ".join(f'"{v}"' for v in TLS_VERSIONS)
+    value = table.array("tls_versions", expected)
+    if not value or len(set(map(str, value))) != len(value) or not all(v in TLS_VERSIONS for v in value):
+        raise table.error("tls_versions", "invalid value", value, expected)
+    return tuple(value)
+
+
+def _cipher_list(table: _Table) -> str | None:
+    expected = "an OpenSSL cipher list like ECDHE+AESGCM:!aNULL"
+    value = table.string("cipher_list", None, expected=expected)
+    if value is not None:
+        from OpenSSL import SSL  # lazy: only a config with a cipher list pays for it
+        try:
+            SSL.Context(SSL.TLS_METHOD).set_cipher_list(value.encode("ascii", "replace"))
+        except SSL.Error:
+            raise table.error("cipher_list", "OpenSSL matches no cipher", value, expected) from None
+    return value
+
+
+# --- applications ----------------------------------------------------------------------------
+
+class _Owners:
+    """What the applications read so far claim, to refuse what ConfigState would refuse."""
+
+    def __init__(self):
+        self.routes: dict = {}         # (address, hostname, path_begin) -> dotted key
+        self.tcp: dict = {}            # address -> dotted key
+        self.backends: dict = {}       # (app_id, backend_id, address) -> dotted key
+        self.certificates: dict = {}   # (address, leaf PEM) -> (key PEM, chain, dotted key)
+
+
+def _parse_applications(top: _Table, listeners: dict) -> tuple[ApplicationConfig, ...]:
+    value = top.data.get("applications", {})
+    if not isinstance(value, dict):
+        raise top.error("applications", "wrong type", value, "a table of applications ([applications.NAME])")
+    owners, applications = _Owners(), []
+    for app_id, data in value.items():
+        path = _dotted("applications", app_id)
+        if not _APP_ID.fullmatch(app_id):
+            raise ConfigError(top.ctx.file, path, "invalid application name", app_id,
+                              "1 to 128 letters, digits, '_', '.' or '-'")
+        if not isinstance(data, dict):
+            raise ConfigError(top.ctx.file, path, "wrong type", data, f"a table [{path}]")
+        table = _Table(top.ctx, data, path, ApplicationConfig, ("app_id",))
+        applications.append(_parse_application(table, app_id, listeners, owners))
+    return tuple(applications)
+
+
+def _parse_application(table: _Table, app_id: str, listeners: dict, owners: _Owners) -> ApplicationConfig:
+    protocol = table.choice("protocol", ("http", "tcp"))
+    if protocol == "tcp":
+        table.refuse(("sticky_session", "https_redirect", "answer_503"), "only for http applications",
+                     "no such key on tcp applications")
+    frontends = tuple(_parse_frontend(front, app_id, protocol, listeners, owners) for front in table.tables(
+        "frontends", FrontendConfig, "an array of frontend tables", ("certificate_path",)))
+    items = table.array("backends", 'an array of "IP:PORT" strings or backend tables')
+    backends = tuple(_parse_backend(table, index, item, app_id, owners) for index, item in enumerate(items))
+    return ApplicationConfig(
+        app_id=app_id, protocol=protocol, frontends=frontends, backends=backends,
+        sticky_session=table.boolean("sticky_session"), https_redirect=table.boolean("https_redirect"),
+        send_proxy=table.boolean("send_proxy"), answer_503=table.answer("answer_503"),
+        load_balancing_policy=table.choice("load_balancing_policy", tuple(LOAD_BALANCING_POLICIES)))
+
+
+def _parse_frontend(table: _Table, app_id: str, protocol: str, listeners: dict,
+                    owners: _Owners) -> FrontendConfig:
+    address = table.address("address")
+    kinds = ("http", "https") if protocol == "http" else ("tcp",)
+    listener = listeners.get(address)
+    if listener is None or listener.protocol not in kinds:
+        candidates = ", ".join(a for a, other in listeners.items() if other.protocol in kinds)
+        candidates = candidates or "none declared"
+        wanted = "an http or https" if protocol == "http" else "a tcp"
+        what = f"this is {_A[listener.protocol]} listener" if listener else "no listener at this address"
+        raise table.error("address", what, table.data["address"],
+                          f"the address of {wanted} listener for {_A[protocol]} application ({candidates})")
+    if protocol == "tcp":
+        table.refuse(("hostname", "path_begin", "certificate", "key", "certificate_chain"),
+                     "only for http applications", "a tcp frontend has only an address")
+        if address in owners.tcp:
+            raise table.error("address", f"already routed by {owners.tcp[address]}", table.data["address"],
+                              "one tcp application per tcp listener")
+        owners.tcp[address] = table.key("address")
+        return FrontendConfig(address=address)
+    raw = table.string("hostname", _REQUIRED, expected="a host name like example.com or *.example.com")
+    try:
+        hostname = normalize_hostname(raw)
+    except ValueError:
+        raise table.error("hostname", "invalid host name", raw,
+                          "a host name like example.com or *.example.com (no port, no scheme)") from None
+    path_begin = table.string("path_begin", expected='"" or a path prefix starting with "/"',
+                              pattern=_PATH_BEGIN, allow_empty=True)
+    route = (address, hostname, path_begin)
+    if route in owners.routes:
+        raise table.error("hostname", f"the same address, hostname and path_begin as {owners.routes[route]}",
+                          raw, "each route once")
+    owners.routes[route] = table.prefix
+    if listener.protocol != "https":
+        table.refuse(("certificate", "key", "certificate_chain"), "only on https listeners",
+                     f"no certificate on a frontend of the http listener {address}")
+        return FrontendConfig(address=address, hostname=hostname, path_begin=path_begin)
+    return FrontendConfig(address=address, hostname=hostname, path_begin=path_begin,
+                          **_certificate(table, address, owners))
+
+
+def _parse_backend(app: _Table, index: int, item, app_id: str, owners: _Owners) -> BackendConfig:
+    path = _dotted(app.key("backends"), index)
+    if not isinstance(item, (str, dict)):
+        raise ConfigError(app.ctx.file, path, "wrong type", item, 'an "IP:PORT" string or a backend table')
+    whole = isinstance(item, str)
+    table = _Table(app.ctx, {"address": item} if whole else item, path, BackendConfig, whole=whole)
+    backend = BackendConfig(
+        address=table.address("address", connectable=True),
+        backend_id=table.string("backend_id", f"{app_id}-{index}", pattern=_NO_CONTROL,
+                                expected="a backend id without control characters"),
+        weight=table.integer("weight", 0, 1000),
+        sticky_id=table.string("sticky_id", pattern=_COOKIE_VALUE,
+                               expected="a cookie value (no spaces, quotes, ',', ';' or '\\')"),
+        backup=table.boolean("backup"))
+    identity = (app_id, backend.backend_id, backend.address)
+    if identity in owners.backends:
+        raise table.error("address", f"the same backend_id and address as {owners.backends[identity]}",
+                          backend.address, "each backend once")
+    owners.backends[identity] = path
+    return backend
+
+
+# --- certificates ----------------------------------------------------------------------------
+
+def _certificate(table: _Table, address: str, owners: _Owners) -> dict:
+    if "certificate" not in table.data:
+        table.refuse(("key", "certificate_chain"), "needs certificate", "certificate to be set too")
+        return {}
+    if "key" not in table.data:
+        raise table.error("key", "missing required key", expected="the private key file of certificate")
+    leaf, *chain = _pem_certificates(table, "certificate")     # a fullchain file: leaf first
+    if "certificate_chain" in table.data:
+        chain += _pem_certificates(table, "certificate_chain")
+    key = _pem_key(table, leaf)
+    known = owners.certificates.setdefault((address, leaf), (key, chain, table.key("certificate")))
+    if known[:2] != (key, chain):
+        raise table.error("certificate", f"the same certificate as {known[2]} with another key or chain",
+                          table.data["certificate"], "one key and chain per certificate on a listener")
+    return {"certificate": leaf, "key": key, "certificate_chain": tuple(chain),
+            "certificate_path": table.path("certificate")}
+
+
+def _pem_blocks(table: _Table, name: str, expected: str, label) -> list[str]:
+    text = table.read(name, expected)
+    return [m.group(0) + "\n" for m in _PEM_BLOCK.finditer(text) if label(m.group(1))]
+
+
+def _pem_certificates(table: _Table, name: str) -> list[str]:
+    """The certificates of a PEM file, each parsed."""
+    from cryptography import x509  # lazy: only configs with certificates pay for it
+    expected = "a PEM certificate file"
+    blocks = _pem_blocks(table, name, expected, lambda label: label == "CERTIFICATE")
+    if not blocks:
+        raise table.error(name, f"no PEM certificate in {table.path(name)}", table.data[name], expected)
+    for number, block in enumerate(blocks, 1):
+        try:
+            x509.load_pem_x509_certificate(block.encode("ascii"))
+        except ValueError as e:
+            raise table.error(name, f"certificate {number} of {table.path(name)} is invalid: "
+                              + " ".join(str(e).split()), table.data[name], expected) from None
+    return blocks
+
+
+def _pem_key(table: _Table, leaf: str) -> str:
+    """The one unencrypted private key of the key file; it must match the leaf certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    expected, path = "an unencrypted PEM private key matching certificate", table.path("key")
+    blocks = _pem_blocks(table, "key", expected, lambda label: label.endswith("PRIVATE KEY"))
+    if len(blocks) != 1:
+        raise table.error("key", f"{len(blocks)} PEM private keys in {path}", table.data["key"], expected)
+    try:
+        key = serialization.load_pem_private_key(blocks[0].encode("ascii"), password=None)
+    except TypeError:
+        raise table.error("key", f"{path} is encrypted", table.data["key"], expected) from None
+    except Exception as e:  # ValueError, or cryptography's UnsupportedAlgorithm
+        raise table.error("key", f"{path} is invalid: " + " ".join(str(e).split()), table.data["key"],
+                          expected) from None
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    public = x509.load_pem_x509_certificate(leaf.encode("ascii")).public_key().public_bytes(*spki)
+    if key.public_key().public_bytes(*spki) != public:
+        raise table.error("key", f"{path} does not match the certificate {table.path('certificate')}",
+                          table.data["key"], expected)
+    return blocks[0]
