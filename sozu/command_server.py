@@ -27,14 +27,15 @@ import stat
 import time
 
 from sozu import logs
-from sozu.messages import Decoder, FrameTooLarge, MessageError, Order, Request, STATE_ORDERS, dump_orders, encode, load_orders
+from sozu.messages import (STATE_ORDERS, Decoder, FrameTooLarge, MessageError, Order, Request,
+                           dump_orders, encode, load_orders)
 from sozu.metrics import aggregate
+from sozu.upgrade import ENV_COMMAND_FD
 from sozu.state import ConfigState, StateError
 
 log = logging.getLogger("sozu.command")
 
 MAX_OUTBOX = 16 << 20  # a client that reads nothing is dropped past this
-ENV_COMMAND_FD = "SOZU_COMMAND_FD"
 
 
 class Client:
@@ -99,7 +100,7 @@ class CommandServer:
     # -- the socket --------------------------------------------------------------------------
     @classmethod
     def open(cls, config) -> "CommandServer":
-        inherited = os.environ.get(ENV_COMMAND_FD)
+        inherited = os.environ.pop(ENV_COMMAND_FD, None)
         if inherited:
             sock = socket.socket(fileno=int(inherited))
         else:
@@ -252,6 +253,9 @@ class CommandServer:
     def proxy(self, client: Client, request: Request, order: Order) -> None:
         master = self.master
         if order.type in STATE_ORDERS:
+            if master.upgrade is not None:
+                raise MessageError("an upgrade is in progress: the new master has its own copy of "
+                                   "the state; retry this change once it answers")
             self.apply_state_order(order)
             self.fan_out(client, request.id, [order], self._finish_state_change, request.worker_id)
         elif order.type in ("SOFT_STOP", "HARD_STOP"):
@@ -411,8 +415,39 @@ class CommandServer:
             if client.subscribed is not None:
                 client.send(_answer(client.subscribed, "PROCESSING", data.get("kind", ""), event))
 
+    # -- upgrades ----------------------------------------------------------------------------
     def upgrade(self, client: Client, request: Request) -> None:
-        raise MessageError("upgrade is not available yet")
+        def done(error, pid):
+            if error:
+                client.send(_answer(request.id, "ERROR", f"upgrade failed: {error}"))
+            elif request.type == "UPGRADE_MASTER":
+                client.send(_answer(request.id, "OK", f"upgraded: master {pid} serves, the previous generation drains",
+                                    {"pid": pid}))
+            else:
+                client.send(_answer(request.id, "OK", f"worker {request.data} upgraded"))
+
+        if request.type == "UPGRADE_MASTER":
+            self.master.start_upgrade(done)
+            client.send(_answer(request.id, "PROCESSING", "starting a new master"))
+        else:
+            self.master.upgrade_worker(request.data, lambda error: done(error, None))
+            client.send(_answer(request.id, "PROCESSING", f"starting a new worker {request.data}"))
 
     def start_upgrade(self, client) -> None:
-        log.warning("upgrade is not available yet")
+        """SIGUSR2: an upgrade nobody waits on; the log says how it went."""
+        def done(error, pid):
+            if error:
+                log.error("upgrade failed: %s", error)
+        try:
+            self.master.start_upgrade(done)
+        except MessageError as error:
+            log.error("upgrade refused: %s", error)
+
+    def stop_accepting(self) -> None:
+        """A newer master serves the command socket now; clients already here are still answered."""
+        if self.selector is not None:
+            try:
+                self.selector.unregister(self.sock)
+            except (KeyError, ValueError):
+                log.debug("command socket already unregistered")
+        self.sock.close()

@@ -139,6 +139,7 @@ class Config:
     max_command_message_size: int = 1_000_000  # bytes: one command-socket message
     listeners: tuple[ListenerConfig, ...] = ()
     applications: tuple[ApplicationConfig, ...] = ()
+    explicit: frozenset[str] = frozenset()  # the top-level keys the file sets (not a TOML key)
 
     def to_orders(self) -> list[Order]:
         """Listeners (each added, then activated), certificates, applications, backends, fronts."""
@@ -236,7 +237,7 @@ def parse(text: str, path: str) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, None, "invalid TOML: " + " ".join(str(e).split())) from None
-    top = _Table(_Context(path, os.path.dirname(os.path.abspath(path))), data, "", Config, ("path",))
+    top = _Table(_Context(path, os.path.dirname(os.path.abspath(path))), data, "", Config, ("path", "explicit"))
     settings = {"path": os.path.abspath(path), "command_socket": top.path("command_socket")}
     if len(os.fsencode(settings["command_socket"])) > UNIX_PATH_MAX:
         raise top.error("command_socket", f"too long for a unix socket: {settings['command_socket']}",
@@ -262,7 +263,7 @@ def parse(text: str, path: str) -> Config:
     settings["chroot"] = top.path("chroot", None, empty_is_none=True)
     listeners = _parse_listeners(top, settings)
     applications = _parse_applications(top, {listener.address: listener for listener in listeners})
-    return Config(listeners=listeners, applications=applications, **settings)
+    return Config(listeners=listeners, applications=applications, explicit=frozenset(data), **settings)
 
 
 def parse_log_filter(text: str) -> tuple[str | None, tuple[tuple[str, str], ...]]:

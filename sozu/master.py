@@ -54,6 +54,8 @@ class WorkerProcess:
     state: str = "booting"  # booting | running | stopping
     restarts: int = 0
     last_seen: float = field(default_factory=time.monotonic)
+    replaces: "WorkerProcess | None" = None  # upgrade --worker: stopped once this one serves
+    on_ready: object = None                 # called with (error or None) when it serves or dies
 
 
 @dataclass
@@ -68,7 +70,7 @@ class Slot:
 
 class Master:
     def __init__(self, config, state, sockets: dict[str, socket.socket], generation: int = 0,
-                 sandbox_plan=None):
+                 sandbox_plan=None, ready_fd: int | None = None):
         self.config = config
         self.state = state
         self.sockets = sockets
@@ -83,6 +85,9 @@ class Master:
         self.command_server = None
         self.exit_code = 0
         self.last_generation = True  # False once a newer master has taken over the sockets
+        self.upgrade = None          # the Upgrade in progress, if any
+        self.ready_fd = ready_fd     # set when an older master waits for us to serve
+        self.last_ping = 0.0
         self._wakeup_r, self._wakeup_w = os.pipe()
         os.set_blocking(self._wakeup_r, False)
         os.set_blocking(self._wakeup_w, False)
@@ -104,8 +109,12 @@ class Master:
                 else:
                     self.manage_workers()
                 self.serve_ready_sockets(timeout=0.25)
+                now = time.monotonic()
                 if self.command_server is not None:
-                    self.command_server.expire(time.monotonic())
+                    self.command_server.expire(now)
+                if self.upgrade is not None:
+                    self.upgrade.check(now)
+                self.check_heartbeats(now)
             except Exception:  # the master loop edge: log, keep supervising
                 log.exception("error in the master loop; continuing")
                 time.sleep(0.1)
@@ -205,7 +214,7 @@ class Master:
         try:
             messages = worker.channel.receive()
         except ChannelClosed:
-            self.selector.unregister(worker.channel.sock)
+            self.selector_unregister(worker.channel.sock)
             worker.channel.close()
             return
         worker.last_seen = time.monotonic()
@@ -218,16 +227,37 @@ class Master:
             return
         kind = message.get("type")
         if kind == "READY":
-            worker.state = "running"
-            slot = self.slots.get(worker.id)
-            if slot is not None:
-                slot.boot_failures = 0
-            log.debug("worker %d ready", worker.id)
+            self.worker_ready(worker)
         elif kind == "EVENT":
             if self.command_server is not None:
                 self.command_server.publish_event(worker.id, message.get("data"))
         elif "status" in message and self.command_server is not None:
             self.command_server.on_worker_answer(worker, message)
+
+    def worker_ready(self, worker: WorkerProcess) -> None:
+        if worker.state == "booting":
+            worker.state = "running"
+        slot = self.slots.get(worker.id)
+        if slot is not None:
+            slot.boot_failures = 0
+        log.debug("worker %d ready", worker.id)
+        if worker.replaces is not None:
+            old, worker.replaces = worker.replaces, None
+            if old.pid in self.workers and old.state != "stopping":
+                old.state = "stopping"
+                self._kill(old.pid, signal.SIGTERM)
+        if worker.on_ready is not None:
+            callback, worker.on_ready = worker.on_ready, None
+            callback(None)
+        if self.ready_fd is not None and self.all_workers_serve():
+            from sozu.upgrade import signal_ready
+            signal_ready(self.ready_fd)
+            self.ready_fd = None
+            log.info("all workers serve: the previous generation may stop")
+
+    def all_workers_serve(self) -> bool:
+        serving = {w.id for w in self.workers.values() if w.state == "running"}
+        return all(slot.id in serving for slot in self.slots.values() if slot.wanted)
 
     def send_to_worker(self, worker: WorkerProcess, message: dict, fds=()) -> bool:
         try:
@@ -257,19 +287,21 @@ class Master:
                 return
             worker = self.workers.pop(pid, None)
             if worker is None:
+                if self.upgrade is not None:
+                    self.upgrade.child_exited(pid, _describe_exit(status))
                 continue
-            try:
-                self.selector.unregister(worker.channel.sock)
-            except (KeyError, ValueError):
-                pass  # already unregistered when its channel closed
+            self.selector_unregister(worker.channel.sock)
             worker.channel.close()
             self.worker_exited(worker, status)
 
     def worker_exited(self, worker: WorkerProcess, status: int) -> None:
         code = os.waitstatus_to_exitcode(status)
-        how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
+        how = _describe_exit(status)
         if self.command_server is not None:
             self.command_server.worker_gone(worker)
+        if worker.on_ready is not None:
+            worker.on_ready(f"the new worker exited before serving ({how})")
+            worker.on_ready = None
         slot = self.slots.get(worker.id)
         expected = self.stopping or worker.state == "stopping" or slot is None or not slot.wanted
         if expected:
@@ -313,6 +345,72 @@ class Master:
         if slot is not None and slot.wanted:
             slot.restarts += 1
             self.spawn_worker(slot)
+
+    def check_heartbeats(self, now: float) -> None:
+        """A worker that answers nothing for worker_heartbeat_timeout is stuck: replace it."""
+        timeout = self.config.worker_heartbeat_timeout
+        if now - self.last_ping >= timeout / 3:
+            self.last_ping = now
+            for worker in list(self.workers.values()):
+                if worker.state != "stopping":
+                    self.send_to_worker(worker, {"id": "ping", "type": "PING"})
+        for worker in list(self.workers.values()):
+            if worker.state != "stopping" and now - worker.last_seen > timeout:
+                log.error("worker %d (pid %d) missed its heartbeat for %ds: killing it",
+                          worker.id, worker.pid, timeout)
+                self._kill(worker.pid, signal.SIGKILL)
+                worker.last_seen = now  # killed once; reaping does the rest
+
+    # -- upgrades ----------------------------------------------------------------------------
+    def start_upgrade(self, on_done) -> None:
+        """Re-execute the master (sozu.upgrade); on_done(error, new_pid) when it is decided."""
+        from sozu.upgrade import Upgrade
+        if self.upgrade is not None:
+            raise MessageError("an upgrade is already in progress")
+        if self.stopping:
+            raise MessageError("the proxy is stopping")
+
+        def done(error, pid):
+            self.upgrade = None
+            if error is None:
+                self.retire(pid)
+            on_done(error, pid)
+
+        upgrade = Upgrade(self, done)
+        upgrade.start()
+        self.upgrade = upgrade
+        self.selector.register(upgrade.ready_fd, selectors.EVENT_READ, lambda mask: upgrade.on_readable())
+
+    def retire(self, new_pid: int) -> None:
+        """A newer master serves: this generation drains and exits, leaving it the files."""
+        log.info("upgrade: master %d (generation %d) serves; this generation drains and exits",
+                 new_pid, self.generation + 1)
+        self.last_generation = False
+        if self.command_server is not None:
+            self.command_server.stop_accepting()
+        self.stop("soft")
+
+    def upgrade_worker(self, worker_id: int, on_done) -> None:
+        """A new process for one worker slot; the old one drains once the new one serves."""
+        slot = self.slots.get(worker_id)
+        olds = [w for w in self.workers.values() if w.id == worker_id and w.state != "stopping"]
+        if slot is None or not olds:
+            raise MessageError(f"no running worker with id {worker_id}")
+        if any(w.replaces is not None for w in self.workers.values() if w.id == worker_id):
+            raise MessageError(f"worker {worker_id} is already being upgraded")
+        new = self.spawn_worker(slot)
+        if new is None:
+            raise MessageError(f"could not fork a new worker {worker_id}")
+        slot.restarts += 1
+        new.restarts = slot.restarts
+        new.replaces = olds[0]
+        new.on_ready = on_done
+
+    def selector_unregister(self, fileobj) -> None:
+        try:
+            self.selector.unregister(fileobj)
+        except (KeyError, ValueError):
+            log.debug("%s was not registered", fileobj)
 
     # -- listeners added and removed at runtime ---------------------------------------------
     def add_listener_socket(self, address: str) -> None:
@@ -363,3 +461,8 @@ class Master:
             os.kill(pid, sig)
         except ProcessLookupError:
             log.debug("process %d already gone", pid)
+
+
+def _describe_exit(status: int) -> str:
+    code = os.waitstatus_to_exitcode(status)
+    return f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"

@@ -6,6 +6,7 @@ sandbox's user and group) fails here, before any worker exists, with one line na
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import resource
@@ -27,7 +28,9 @@ class StartupError(Exception):
     pass
 
 
-def build_state(config) -> ConfigState:
+def build_state(config, handed_over: bytes | None = None) -> ConfigState:
+    if handed_over is not None:  # an upgrade: the running state, runtime changes included
+        return ConfigState.from_orders(load_orders(handed_over))
     state = ConfigState()
     for order in config.to_orders():
         state.dispatch(order)
@@ -40,28 +43,41 @@ def build_state(config) -> ConfigState:
     return state
 
 
-def raise_fd_limit(config) -> None:
+def fit_fd_limit(config):
     """Each worker holds its own descriptors: max_connections client sockets and as many backend
-    sockets. Raise the soft limit to fit, or refuse to start rather than fail under load."""
+    sockets. Raise the soft limit to fit. When the hard limit is too low, a max_connections the
+    file sets is refused, and the default one is lowered to fit (as HAProxy derives its maxconn
+    from the limit). Returns the config to run with."""
     needed = config.max_connections * FDS_PER_CONNECTION + FDS_MARGIN
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= needed:
-        return
-    if hard != resource.RLIM_INFINITY and hard < needed:
-        try:  # root (CAP_SYS_RESOURCE) may raise the hard limit too
-            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))
-        except (ValueError, OSError):
+        return config
+    if hard == resource.RLIM_INFINITY or hard >= needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+        log.info("raised the file descriptor limit from %d to %d", soft, needed)
+        return config
+    try:  # root with CAP_SYS_RESOURCE may raise the hard limit too
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))
+        log.info("raised the file descriptor limit from %d to %d", soft, needed)
+        return config
+    except (ValueError, OSError):
+        if "max_connections" in config.explicit:
             raise StartupError(
                 f"max_connections = {config.max_connections} needs {needed} file descriptors per "
                 f"worker, but the hard limit (ulimit -Hn) is {hard}: lower max_connections or "
                 f"raise the limit") from None
-    else:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
-    log.info("raised the file descriptor limit from %d to %d", soft, needed)
+    fitted = (hard - FDS_MARGIN) // FDS_PER_CONNECTION
+    if fitted < 1:
+        raise StartupError(f"the file descriptor hard limit (ulimit -Hn) {hard} is too low to serve")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    log.warning("max_connections lowered from %d to %d per worker to fit the file descriptor "
+                "hard limit (ulimit -Hn) of %d", config.max_connections, fitted, hard)
+    return dataclasses.replace(config, max_connections=fitted)
 
 
 def bind_listeners(state: ConfigState) -> dict:
     inherited = listeners.inherited()
+    os.environ.pop(listeners.ENV_FDS, None)
     sockets = {}
     for address in state.listeners:
         sock = inherited.pop(address, None)
@@ -94,9 +110,11 @@ def sandbox_plan(config):
 
 def start(config) -> int:
     logs.setup(config.log_level, config.log_target, config.log_access_target, "MASTER")
+    from sozu.upgrade import take_handover
+    handed_over, ready_fd, generation = take_handover()
     try:
-        state = build_state(config)
-        raise_fd_limit(config)
+        state = build_state(config, handed_over)
+        config = fit_fd_limit(config)
         plan = sandbox_plan(config)
         sockets = bind_listeners(state)
         from sozu.command_server import CommandServer
@@ -105,7 +123,7 @@ def start(config) -> int:
         print(f"sozu: {error}", file=sys.stderr)
         return 1
     from sozu.master import Master
-    master = Master(config, state, sockets, sandbox_plan=plan)
+    master = Master(config, state, sockets, generation=generation, sandbox_plan=plan, ready_fd=ready_fd)
     command_server.attach(master)
     master.command_server = command_server
     write_pid_file(config.pid_file_path)

@@ -808,7 +808,7 @@ def test_default_config_documents_only_known_keys():
     schemas = (config.Config, config.ListenerConfig, config.ApplicationConfig, config.FrontendConfig,
                config.BackendConfig)
     known = {f.name for schema in schemas for f in dataclasses.fields(schema)}
-    top_keys = {f.name for f in dataclasses.fields(config.Config)} - {"path", "listeners", "applications"}
+    top_keys = {f.name for f in dataclasses.fields(config.Config)} - {"path", "listeners", "applications", "explicit"}
     text = (ROOT / "conf" / "config.toml").read_text()
     documented = set(re.findall(r"^(?:# )?([a-z_0-9]+) = ", text, re.M))
     documented |= set(re.findall(r"[{,] *([a-z_]+) = ", text))
@@ -885,3 +885,10 @@ def test_loading_a_config_leaves_gevent_out():
     code = ("import sys, sozu.config as c; c.load(sys.argv[1]); "
             "assert 'gevent' not in sys.modules and 'socket' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code, str(ROOT / "conf" / "config.toml")], check=True)
+
+
+def test_explicit_names_the_top_level_keys_the_file_sets():
+    c = parse('command_socket = "s"\nmax_connections = 10\n', "/x/sozu.toml")
+    assert c.explicit == {"command_socket", "max_connections"}
+    with pytest.raises(ConfigError, match="explicit"):
+        parse('command_socket = "s"\nexplicit = 1\n', "/x/sozu.toml")

@@ -408,7 +408,7 @@ def _config_summary(config: Any) -> dict:
     summary = {}
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
-        summary[field.name] = len(value) if isinstance(value, (tuple, list, dict)) else value
+        summary[field.name] = len(value) if isinstance(value, (tuple, list, dict, frozenset)) else value
     summary["backends"] = sum(len(app.backends) for app in config.applications)
     return summary
 
