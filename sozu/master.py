@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 
 from sozu import listeners
+from sozu.capacity import LoadBoard
 from sozu.channel import ChannelClosed, MasterChannel
 from sozu.messages import MessageError
 
@@ -79,6 +80,7 @@ class Master:
         self.selector = selectors.DefaultSelector()
         self.workers: dict[int, WorkerProcess] = {}  # by pid
         self.slots = {i: Slot(i) for i in range(config.worker_count)}
+        self.load_board = LoadBoard(config.worker_count)
         self.signals: list[int] = []
         self.stopping: str | None = None  # None | "soft" | "hard"
         self.stop_deadline = 0.0
@@ -183,7 +185,8 @@ class Master:
                 parent_end.close()
                 self._close_in_child()
                 from sozu import worker  # gevent is imported only here, after fork
-                worker.main(slot.id, self.config, self.state, self.sockets, child_end, self.sandbox_plan)
+                worker.main(slot.id, self.config, self.state, self.sockets, child_end, self.sandbox_plan,
+                            self.load_board)
             finally:
                 log.exception("worker %d could not start", slot.id)
                 os._exit(WORKER_BOOT_FAILED)
@@ -297,6 +300,8 @@ class Master:
     def worker_exited(self, worker: WorkerProcess, status: int) -> None:
         code = os.waitstatus_to_exitcode(status)
         how = _describe_exit(status)
+        if not any(w.id == worker.id for w in self.workers.values()):
+            self.load_board.clear(worker.id)
         if self.command_server is not None:
             self.command_server.worker_gone(worker)
         if worker.on_ready is not None:

@@ -25,6 +25,7 @@ import encodings.idna  # noqa: F401 - used by host.encode("idna"); imported befo
 import logging
 import os
 import signal
+import socket as stdsocket
 import sys
 
 import gevent
@@ -47,6 +48,8 @@ from sozu.state import StateError
 log = logging.getLogger("sozu.worker")
 
 EXIT_OK = 0
+CAPACITY_TICK = 0.1  # s: a connection waiting while every worker is full is refused within this
+REFUSE_BATCH = 256    # connections refused per listener per tick, so refusing never starves serving
 EXIT_SANDBOX_FAILED = 3  # named so the master can tell a boot failure from a crash
 
 
@@ -76,7 +79,7 @@ class ListenerInfo:
 
 
 class Worker:
-    def __init__(self, worker_id: int, config, state, sockets: dict, channel_sock):
+    def __init__(self, worker_id: int, config, state, sockets: dict, channel_sock, load_board=None):
         self.worker_id = worker_id
         self.config = config
         self.state = state
@@ -92,6 +95,13 @@ class Worker:
         self.idle_sockets: set = set()
         self.draining = False
         self.stopped = gevent.event.Event()
+        self.load_board = load_board
+        # Plain non-blocking copies of the listening sockets, to refuse connections when every
+        # worker is full without going through the StreamServer and its pool.
+        self.refusers = {address: stdsocket.socket(fileno=os.dup(sock.fileno()))
+                         for address, sock in self.sockets.items()}
+        for refuser in self.refusers.values():
+            refuser.setblocking(False)
         gevent.get_hub()  # the hub loads its modules lazily: before the sandbox hides them
 
     # -- what sessions read ------------------------------------------------------------------
@@ -124,6 +134,11 @@ class Worker:
             listener = self.state.listeners.get(address)
             if listener is None or not listener.active:
                 self.stop_listener(address)
+        for address in list(self.sockets):
+            if address not in self.state.listeners:  # removed: this worker's copies go
+                self.sockets.pop(address).close()
+                self.refusers.pop(address).close()
+                self.listener_infos.pop(address, None)
         if not self.draining:
             for address, listener in self.state.listeners.items():
                 if listener.active and address not in self.servers:
@@ -211,6 +226,38 @@ class Worker:
         fds = self.channel.take_fds(fd_count)
         if fds:
             self.sockets[address] = gsocket.socket(fileno=fds[0])
+            refuser = stdsocket.socket(fileno=os.dup(fds[0]))
+            refuser.setblocking(False)
+            self.refusers[address] = refuser
+
+    # -- the connection limit ----------------------------------------------------------------
+    def watch_capacity(self) -> None:
+        """Publish this worker's load; when every worker is full, refuse what waits (DESIGN §7)."""
+        limit = self.config.max_connections
+        while not self.draining:
+            load = len(self.pool)
+            if self.load_board is not None:
+                self.load_board.publish(self.worker_id, load, limit)
+                if load >= limit and self.load_board.everyone_full():
+                    self.refuse_waiting()
+            gevent.sleep(CAPACITY_TICK)
+
+    def refuse_waiting(self) -> None:
+        for address in self.servers:
+            refuser = self.refusers.get(address)
+            info = self.listener_infos[address]
+            for _ in range(REFUSE_BATCH):
+                try:
+                    conn, _ = refuser.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as error:
+                    log.warning("refusing on %s failed: %s", address, error)
+                    break
+                self.metrics.incr("refused_connections")
+                with conn:
+                    if info.protocol == "http":
+                        _refuse_http(conn)
 
     def query(self, query: dict):
         kind = query.get("type")
@@ -259,6 +306,7 @@ class Worker:
         gevent.signal_handler(signal.SIGINT, self.hard_stop)
         gevent.signal_handler(signal.SIGQUIT, self.hard_stop)
         reader = gevent.spawn(self.read_channel)
+        gevent.spawn(self.watch_capacity)
         self.channel.send({"type": "READY", "data": {"listeners": sorted(self.servers)}})
         log.info("worker %d serving %d listeners", self.worker_id, len(self.servers))
         self.stopped.wait()
@@ -267,11 +315,24 @@ class Worker:
         return EXIT_OK
 
 
+def _refuse_http(conn) -> None:
+    """503 and close, with no greenlet and no buffer: what the client already sent is read and
+    dropped first, so that closing does not turn into a reset that could eat the answer."""
+    conn.setblocking(False)
+    try:
+        conn.recv(65536)
+        conn.send(answers.OVER_CAPACITY)
+        conn.shutdown(stdsocket.SHUT_WR)
+    except OSError:
+        log.debug("a refused client went away first")
+
+
 def _gevent_socket(sock):
     return gsocket.socket(sock.family, sock.type, fileno=sock.detach())
 
 
-def main(worker_id: int, config, state, sockets: dict, channel_sock, sandbox_plan=None) -> None:
+def main(worker_id: int, config, state, sockets: dict, channel_sock, sandbox_plan=None,
+         load_board=None) -> None:
     """Entry point in the forked child. Never returns: the worker exits here."""
     code = EXIT_OK
     try:
@@ -280,7 +341,7 @@ def main(worker_id: int, config, state, sockets: dict, channel_sock, sandbox_pla
         # Everything is loaded and opened before the sandbox: afterwards the worker may not be
         # able to read the Python installation or the configuration directory.
         from sozu import sandbox
-        worker = Worker(worker_id, config, state, sockets, channel_sock)
+        worker = Worker(worker_id, config, state, sockets, channel_sock, load_board)
         if sandbox_plan is not None:
             try:
                 sandbox.apply(sandbox_plan)
