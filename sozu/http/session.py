@@ -4,29 +4,39 @@ Theory of operation
 -------------------
 A session loops over the requests of a keep-alive connection:
 
-  wait for the first byte (front_timeout: an idle keep-alive connection)
-  -> read the whole head (request_timeout from its first byte: slowloris costs a slot no longer)
+  wait for the first byte (the first request: request_timeout from the accept; later ones:
+     front_timeout, an idle keep-alive connection, closed quietly)
+  -> read the whole head (request_timeout: slowloris costs a slot no longer; 408)
   -> parse it strictly (sozu.http.parser; a bad request never reaches a backend)
   -> route (host, path) to an application, pick a backend, connect (connect_timeout; a failed
      connect marks the backend down and moves on to the next: one dead backend costs no user a
      failed request while another is up)
   -> forward the rewritten head, stream the body in buffer_size pieces
-  -> read the backend's head (back_timeout), forward it rewritten, stream its body
+  -> read the backend's head (back_timeout: 504), forward it rewritten, stream its body
   -> give the backend connection back to the worker's pool when it can carry another request.
 
 Bodies are never held whole: Content-Length bodies are copied by count, chunked bodies are
 forwarded as they are while a ChunkedFramer checks their framing, read-until-close bodies end the
 client connection. Header lines that are only forwarded are not re-parsed; only hop-by-hop
-headers are removed and the X-Forwarded-*/Forwarded/Sozu-Id headers added.
+headers are removed, the sticky cookie taken out of Cookie, and the X-Forwarded-*/Forwarded/
+Sozu-Id headers added. An HTTP/1.0 request goes to the backend as HTTP/1.0 with
+`Connection: close` (that backend connection is not reused); a backend that answers it chunked
+anyway has its body forwarded as it is, with `Connection: close`.
+
+A pooled backend connection that the backend closed as it was reused (no byte of a response) is
+retried once on a fresh connection when the request has no body and may be repeated.
 
 Errors end the connection at one place, `serve()`: an `Answer` exception carries the status to
 answer (with `Connection: close`) if nothing of a response has been sent yet; a client that went
 away is closed quietly; anything else is a bug, logged once with its traceback and answered 500.
+Before closing after an error answer, the session reads what the client still sends for a moment
+(a "lingering close", as nginx does): closing with unread input makes the kernel reset the
+connection, and a reset can destroy the answer before the client has read it.
 """
 from __future__ import annotations
 
-import errno
 import logging
+import os
 import time
 from itertools import count
 
@@ -41,18 +51,35 @@ from sozu.listeners import sockaddr
 log = logging.getLogger("sozu.http")
 access_log = logging.getLogger("sozu.access")
 
-# Removed from both directions (RFC 9110 §7.6.1). Transfer-Encoding is hop-by-hop too, but sozu
-# forwards chunked bodies as they are, so the header that describes them stays.
-HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"te", b"trailer", b"upgrade",
-                        b"proxy-connection", b"proxy-authenticate", b"proxy-authorization"))
-# Headers sozu sets itself; a client's copy would be a spoof.
+# Removed from both directions (RFC 9110 §7.6.1); so is every `Proxy-*` header, and `Proxy`
+# (httpoxy). Transfer-Encoding is hop-by-hop too, but sozu forwards chunked bodies as they are,
+# so the header that describes them stays.
+HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"te", b"trailer", b"upgrade"))
+# Headers sozu sets itself; a client's copy would be a spoof. Expect: sozu answers 100 Continue.
 OWN_HEADERS = frozenset((b"x-forwarded-proto", b"x-forwarded-port", b"sozu-id", b"expect"))
+REQUEST_DROP = HOP_BY_HOP | OWN_HEADERS
+RESPONSE_DROP = HOP_BY_HOP | {b"sozu-id"}
+# Request headers whose value sozu rewrites rather than forwards.
+REWRITTEN = frozenset((b"x-forwarded-for", b"forwarded", b"cookie"))
 # Never dropped because a Connection header names them: they frame the message.
 FRAMING = frozenset((b"content-length", b"transfer-encoding", b"host"))
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# A partial head is parsed again only when a line may have ended or it grew this much: a client
+# sending one byte at a time must not cost a parse of the whole buffer per byte.
+REPARSE_GROWTH = 4096
+LINGER_SECONDS = 2.0  # the longest an error answer waits for the client to stop sending
 
-_request_ids = count()
+
+def _new_request_ids() -> None:
+    """Sozu-Id = random per-process prefix + counter: unique across workers and restarts."""
+    global _id_prefix, _request_ids
+    _id_prefix = os.urandom(6).hex().encode() + b"-"
+    _request_ids = count()
+
+
+_new_request_ids()
+os.register_at_fork(after_in_child=_new_request_ids)
 
 
 class Answer(Exception):
@@ -74,7 +101,7 @@ class Aborted(Exception):
 
 
 class StaleConnection(Exception):
-    """A pooled backend connection turned out closed before any byte of the response."""
+    """A backend connection closed before any byte of the response."""
 
 
 class BackendSocket(socket.socket):
@@ -106,55 +133,73 @@ class HttpSession:
         self.listener = listener
         self.sock = sock
         self.client_ip = client_address[0] if client_address else "-"
+        self.accepted = time.monotonic()
         self.buf = bytearray()
         self.response_started = False
         self.keep_alive = True
         self.exchange: Exchange | None = None
+        self.request_id = b"-"
 
     # -- the request loop -------------------------------------------------------------------
     def run(self) -> None:
+        first = True
         while self.keep_alive and not self.ctx.draining:
-            parsed = self.read_request_head()
+            parsed = self.read_request_head(first)
             if parsed is None:
                 return
+            first = False
             head, used = parsed
             del self.buf[:used]
             self.exchange = Exchange(head.method, head.host, head.path)
-            self.response_started = False
+            self.exchange.bytes_in = used
             self.proxy(head)
             self.finish_exchange()
 
-    def read_request_head(self):
-        listener = self.listener
-        if not self.buf:
-            if not self.wait_first_bytes():
+    def read_request_head(self, first: bool):
+        """(head, bytes used), or None when the connection ended quietly before a request."""
+        listener, buf = self.listener, self.buf
+        if first:
+            deadline = self.accepted + listener.request_timeout
+            if not buf and not self.wait_first_bytes(deadline - time.monotonic()):
                 return None
-        deadline = time.monotonic() + listener.request_timeout
+        else:
+            if not buf and not self.wait_first_bytes(listener.front_timeout):
+                return None
+            deadline = time.monotonic() + listener.request_timeout
+        new, parsed_size = buf, -REPARSE_GROWTH
         while True:
-            try:
-                parsed = parse_request_head(self.buf, DEFAULT_LIMITS)
-            except ProtocolError as error:
-                self.exchange = Exchange()
-                raise Answer(error.status_hint, error.message) from None
-            if parsed is not None:
-                return parsed
+            if b"\n" in new or len(buf) - parsed_size >= REPARSE_GROWTH:
+                parsed_size = len(buf)
+                try:
+                    parsed = parse_request_head(buf, DEFAULT_LIMITS)
+                except ProtocolError as error:
+                    raise Answer(error.status_hint, error.message) from None
+                if parsed is not None:
+                    return parsed
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                self.exchange = Exchange()
                 raise Answer(408)
-            data = self.client_recv(remaining, timeout_answer=408)
-            if not data:
+            self.sock.settimeout(remaining)
+            try:
+                new = self.sock.recv(self.ctx.buffer_size)
+            except socket.timeout:
+                raise Answer(408) from None
+            except OSError as error:
+                raise ClientGone(str(error)) from None
+            if not new:
                 raise ClientGone("closed in the middle of a request head")
-            self.buf += data
+            buf += new
 
-    def wait_first_bytes(self) -> bool:
-        """An idle keep-alive connection: the worker may close it to drain."""
+    def wait_first_bytes(self, timeout: float) -> bool:
+        """Nothing of a request yet: the worker may close this connection to drain."""
+        if timeout <= 0:
+            return False
         idle = self.ctx.idle_sockets
         idle.add(self.sock)
         try:
-            self.sock.settimeout(self.listener.front_timeout)
+            self.sock.settimeout(timeout)
             data = self.sock.recv(self.ctx.buffer_size)
-        except (socket.timeout, OSError):
+        except OSError:  # timeout included: an idle connection ends quietly, as in nginx
             return False
         finally:
             idle.discard(self.sock)
@@ -163,16 +208,17 @@ class HttpSession:
         self.buf += data
         return True
 
-    def client_recv(self, timeout: float, timeout_answer: int | None = None) -> bytes:
-        self.sock.settimeout(timeout)
+    def client_recv_body(self) -> bytes:
+        """A piece of a request body; the client socket has front_timeout (set by proxy())."""
         try:
-            return self.sock.recv(self.ctx.buffer_size)
+            data = self.sock.recv(self.ctx.buffer_size)
         except socket.timeout:
-            if timeout_answer:
-                raise Answer(timeout_answer) from None
-            raise ClientGone("client timed out") from None
+            raise Answer(408, "the request body stopped arriving") from None
         except OSError as error:
             raise ClientGone(str(error)) from None
+        if not data:
+            raise ClientGone("closed in the middle of a request body")
+        return data
 
     def client_send(self, data) -> None:
         try:
@@ -193,28 +239,35 @@ class HttpSession:
         if application is None:  # removed between routing tables: same as no route
             raise Answer(404, body=listener.answer_404)
         if application["https_redirect"] and not listener.https:
-            location = b"https://" + head.host.encode("idna") + head.target
+            location = b"https://" + head.host.encode() + _origin_form(head.target)
             raise Answer(301, body=answers.redirect_answer(location))
+        # From here on the client socket only waits for body bytes or for room to send.
+        self.sock.settimeout(listener.front_timeout)
         body = head.content_length is not None and head.content_length > 0 or head.chunked
-        sticky_id = self.sticky_cookie(head) if application["sticky_session"] else None
-        retries_left = 1
+        sticky = application["sticky_session"]
+        sticky_id = self.sticky_cookie(head) if sticky else None
+        framer = self.check_chunked_start() if head.chunked else None
+        fresh = False
         while True:
-            backend, connection, reused = self.connect_backend(app_id, application, sticky_id)
+            backend, connection, reused = self.connect_backend(app_id, application, sticky_id, fresh)
             try:
-                self.forward_request(head, backend, connection, body)
+                self.forward_request(head, connection, body, sticky, framer)
                 self.forward_response(head, application, backend, connection, sticky_id)
                 return
             except StaleConnection:
                 # The backend closed an idle pooled connection as we reused it. A request whose
                 # body was not consumed and that may be repeated is retried on a fresh one.
                 connection.close()
-                if not (reused and not body and head.method in IDEMPOTENT and retries_left):
-                    raise Answer(502, "the backend closed the connection") from None
-                retries_left -= 1
+                if not (reused and not fresh and not body and head.method in IDEMPOTENT):
+                    raise Answer(502, "the backend closed the connection without answering") from None
+                fresh = True
+            except BaseException:
+                connection.close()  # the backend must see the end of a request we abandon
+                raise
             finally:
                 ctx.balancer_release(app_id, backend)
 
-    def connect_backend(self, app_id, application, sticky_id):
+    def connect_backend(self, app_id, application, sticky_id, fresh: bool):
         """A connection to a backend of the application, trying each usable one once."""
         ctx, listener = self.ctx, self.listener
         backends = ctx.balancer.backends(app_id)
@@ -226,7 +279,7 @@ class HttpSession:
                 break
             tried.add(backend)
             backends.acquire(backend)
-            pooled = ctx.backend_pool.get(backend.address)
+            pooled = None if fresh else ctx.backend_pool.get(backend.address)
             if pooled is not None:
                 self.exchange.backend = backend.address
                 return backend, pooled, True
@@ -260,10 +313,10 @@ class HttpSession:
         connection.settimeout(timeout)
         try:
             connection.connect(addr)
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except BaseException:
             connection.close()
             raise
-        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         connection.pending = bytearray()
         return connection
 
@@ -278,26 +331,33 @@ class HttpSession:
         return None
 
     # -- request ----------------------------------------------------------------------------
-    def request_head_bytes(self, head, request_id: bytes) -> bytes:
+    def request_head_bytes(self, head, request_id: bytes, sticky: bool) -> bytes:
         listener = self.listener
-        drop = HOP_BY_HOP.union(head.connection_tokens - FRAMING) if head.connection_tokens else HOP_BY_HOP
+        tokens = head.connection_tokens
+        drop = REQUEST_DROP.union(tokens - FRAMING) if tokens else REQUEST_DROP
         client = self.client_ip.encode()
-        lines = [head.method, b" ", head.target, b" ", head.version, b"\r\n"]
+        target = head.target if head.target[:1] == b"/" else _origin_form(head.target)
+        lines = [head.method, b" ", target, b" ", head.version, b"\r\n"]
         forwarded_for = None
         forwarded = None
         for name, value in head.headers:
             lname = name.lower()
-            if lname in drop or lname in OWN_HEADERS:
+            if lname in drop or lname.startswith(b"proxy"):
                 continue
-            if lname == b"x-forwarded-for":
-                forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
-                continue
-            if lname == b"forwarded":
-                forwarded = value if forwarded is None else forwarded + b", " + value
-                continue
+            if lname in REWRITTEN:
+                if lname == b"x-forwarded-for":
+                    forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
+                    continue
+                if lname == b"forwarded":
+                    forwarded = value if forwarded is None else forwarded + b", " + value
+                    continue
+                if sticky:  # the sticky cookie is sozu's, not the application's
+                    value = self.strip_sticky_cookie(value)
+                    if not value:
+                        continue
             lines += (name, b": ", value, b"\r\n")
-        for_value = b"[" + client + b"]" if b":" in client else client
-        element = (b"proto=" + listener.scheme + b";for=" + (b'"' + for_value + b'"' if b":" in client else client) +
+        ipv6 = b":" in client
+        element = (b"proto=" + listener.scheme + b";for=" + (b'"[' + client + b']"' if ipv6 else client) +
                    b";by=" + listener.by)
         lines += (b"X-Forwarded-For: ", forwarded_for + b", " + client if forwarded_for else client,
                   b"\r\nForwarded: ", forwarded + b", " + element if forwarded else element,
@@ -311,10 +371,16 @@ class HttpSession:
         lines.append(b"\r\n")
         return b"".join(lines)
 
-    def forward_request(self, head, backend, connection, body: bool) -> None:
-        request_id = b"%x-%x" % (self.ctx.worker_id, next(_request_ids))
-        self.request_id = request_id
-        data = self.request_head_bytes(head, request_id)
+    def strip_sticky_cookie(self, value: bytes) -> bytes:
+        prefix = self.listener.sticky_name + b"="
+        if prefix not in value:
+            return value
+        return b"; ".join(part for part in (p.strip() for p in value.split(b";"))
+                          if part and not part.startswith(prefix))
+
+    def forward_request(self, head, connection, body: bool, sticky: bool, framer) -> None:
+        self.request_id = request_id = _id_prefix + b"%x" % next(_request_ids)
+        data = self.request_head_bytes(head, request_id, sticky)
         connection.settimeout(self.listener.back_timeout)
         try:
             connection.sendall(data)
@@ -322,63 +388,73 @@ class HttpSession:
             raise StaleConnection() from None
         if not body:
             return
-        if head.expect_continue and head.version == b"HTTP/1.1":
+        if head.expect_continue:
             # Like nginx: sozu says "continue" itself once a backend is ready, so a backend
             # that ignores Expect cannot leave the client waiting.
             self.client_send(CONTINUE)
-        if head.chunked:
-            self.copy_chunked_request(connection)
+        if framer is not None:
+            self.copy_chunked_request(connection, framer)
         else:
             self.copy_request_length(connection, head.content_length)
 
     def copy_request_length(self, connection, remaining: int) -> None:
-        buf = self.buf
+        buf, exchange = self.buf, self.exchange
         if buf:
             piece = bytes(buf[:remaining])
             del buf[:len(piece)]
             self.backend_send(connection, piece)
             remaining -= len(piece)
-            self.exchange.bytes_in += len(piece)
+            exchange.bytes_in += len(piece)
         while remaining > 0:
-            data = self.client_recv(self.listener.front_timeout)
-            if not data:
-                raise ClientGone("closed in the middle of a request body")
+            data = self.client_recv_body()
             if len(data) > remaining:  # the start of a pipelined request
-                self.buf += data[remaining:]
+                buf += data[remaining:]
                 data = data[:remaining]
             self.backend_send(connection, data)
             remaining -= len(data)
-            self.exchange.bytes_in += len(data)
+            exchange.bytes_in += len(data)
 
-    def copy_chunked_request(self, connection) -> None:
+    def check_chunked_start(self) -> ChunkedFramer:
+        """Check what already arrived of a chunked body before a backend sees a byte of the
+        request: a smuggling attempt sent in one piece with its head reaches no backend."""
         framer = ChunkedFramer(DEFAULT_LIMITS, 400)
-        data = bytes(self.buf)
-        self.buf.clear()
-        while True:
-            if data:
-                try:
-                    used = framer.feed(data)
-                except ProtocolError as error:
-                    raise Answer(error.status_hint, error.message) from None
-                self.backend_send(connection, data[:used])
-                self.exchange.bytes_in += used
-                if framer.done:
-                    self.buf += data[used:]
-                    return
-            data = self.client_recv(self.listener.front_timeout)
-            if not data:
-                raise ClientGone("closed in the middle of a chunked request body")
+        try:
+            self.chunked_checked = framer.feed(self.buf) if self.buf else 0
+        except ProtocolError as error:
+            raise Answer(error.status_hint, error.message) from None
+        return framer
 
-    def backend_send(self, connection, data) -> None:
+    def copy_chunked_request(self, connection, framer: ChunkedFramer) -> None:
+        buf, exchange = self.buf, self.exchange
+        if self.chunked_checked:
+            data = bytes(buf[:self.chunked_checked])
+            del buf[:len(data)]
+            self.backend_send(connection, data)
+            exchange.bytes_in += len(data)
+        while not framer.done:
+            data = self.client_recv_body()
+            try:
+                used = framer.feed(data)
+            except ProtocolError as error:
+                raise Answer(error.status_hint, error.message) from None
+            if used < len(data):  # the start of a pipelined request
+                buf += data[used:]
+                data = data[:used]
+            self.backend_send(connection, data)
+            exchange.bytes_in += used
+
+    @staticmethod
+    def backend_send(connection, data) -> None:
         try:
             connection.sendall(data)
+        except socket.timeout:
+            raise Answer(504, "the backend stopped reading the request body") from None
         except OSError as error:
             raise Answer(502, f"sending to the backend failed: {error}") from None
 
     # -- response ---------------------------------------------------------------------------
     def read_response_head(self, connection, method: bytes):
         pending = connection.pending
-        connection.settimeout(self.listener.back_timeout)
         while True:
             try:
                 parsed = parse_response_head(pending, method, DEFAULT_LIMITS)
@@ -393,7 +469,7 @@ class HttpSession:
             except socket.timeout:
                 raise Answer(504) from None
             except OSError as error:
-                if not pending and error.errno in (errno.ECONNRESET, errno.EPIPE):
+                if not pending:  # a reset before any byte: the same as a close
                     raise StaleConnection() from None
                 raise Answer(502, f"reading from the backend failed: {error}") from None
             if not data:
@@ -404,13 +480,14 @@ class HttpSession:
 
     def response_head_bytes(self, response, keep_alive: bool, set_cookie: bytes | None,
                             upgrade: bool) -> bytes:
-        drop = HOP_BY_HOP.union(response.connection_tokens - FRAMING) if response.connection_tokens else HOP_BY_HOP
+        tokens = response.connection_tokens
+        drop = RESPONSE_DROP.union(tokens - FRAMING) if tokens else RESPONSE_DROP
         if upgrade:
             drop = drop - {b"upgrade"}
-        lines = [response.version, b" ", str(response.status).encode(), b" ", response.reason, b"\r\n"]
+        lines = [response.version, b" ", b"%d" % response.status, b" ", response.reason, b"\r\n"]
         for name, value in response.headers:
             lname = name.lower()
-            if lname in drop or lname == b"sozu-id":
+            if lname in drop or lname.startswith(b"proxy-"):
                 continue
             lines += (name, b": ", value, b"\r\n")
         lines += (b"Sozu-Id: ", self.request_id, b"\r\n")
@@ -426,23 +503,22 @@ class HttpSession:
         return b"".join(lines)
 
     def forward_response(self, head, application, backend, connection, sticky_id) -> None:
-        self.http10 = head.version == b"HTTP/1.0"
+        self.http10 = http10 = head.version == b"HTTP/1.0"
         while True:
             response = self.read_response_head(connection, head.method)
             if response.status >= 200 or response.status == 101:
                 break
-            if response.status == 100:
-                continue  # sozu already answered 100 Continue itself
-            self.client_send(self.response_head_bytes(response, True, None, False))  # 102, 103
+            # 100: sozu answered Continue itself; an HTTP/1.0 client must get no 1xx at all.
+            if response.status != 100 and not http10:
+                self.client_send(self.response_head_bytes(response, True, None, False))  # 102, 103
         exchange = self.exchange
         exchange.status = response.status
         upgrade = response.status == 101 and head.upgrade is not None
         if response.status == 101 and not upgrade:
             raise Answer(502, "the backend switched protocols without being asked to")
-        if self.ctx.draining or (self.http10 and response.body == "chunked"):
+        if self.ctx.draining or (http10 and response.body == "chunked"):
             self.keep_alive = False
-        keep_alive = self.keep_alive and response.body != "close"
-        self.keep_alive = keep_alive
+        keep_alive = self.keep_alive = self.keep_alive and response.body != "close"
         set_cookie = None
         if application["sticky_session"]:
             backend_sticky = backend.sticky_key
@@ -454,8 +530,9 @@ class HttpSession:
         if upgrade:
             self.tunnel(connection)
             return
-        reusable = response.keep_alive and self.copy_response_body(response, connection)
-        if reusable and not connection.pending:
+        clean = self.copy_response_body(response, connection)
+        # An HTTP/1.0 request told the backend to close, whatever its answer says.
+        if clean and response.keep_alive and not http10 and not connection.pending:
             self.ctx.backend_pool.put(backend.address, connection)
         else:
             connection.close()
@@ -466,6 +543,7 @@ class HttpSession:
         pending = connection.pending
         if kind == "none":
             return True
+        size = self.ctx.buffer_size
         if kind == "length":
             remaining = response.content_length
             if pending:
@@ -474,7 +552,7 @@ class HttpSession:
                 self.client_send(piece)
                 remaining -= len(piece)
             while remaining > 0:
-                data = self.backend_recv(connection, min(self.ctx.buffer_size, remaining))
+                data = self.backend_recv(connection, size if size < remaining else remaining)
                 if not data:
                     raise Aborted("backend closed in the middle of a response body")
                 self.client_send(data)
@@ -490,10 +568,10 @@ class HttpSession:
                         used = framer.feed(data)
                     except ProtocolError as error:
                         raise Aborted(f"backend sent a bad chunked body: {error.message}") from None
-                    self.client_send(data[:used] if used < len(data) else data)
+                    self.client_send(data if used == len(data) else data[:used])
                     if framer.done:
                         return used == len(data)
-                data = self.backend_recv(connection, self.ctx.buffer_size)
+                data = self.backend_recv(connection, size)
                 if not data:
                     raise Aborted("backend closed in the middle of a chunked response body")
         # "close": the body ends when the backend closes; so does the client connection.
@@ -501,12 +579,13 @@ class HttpSession:
             self.client_send(bytes(pending))
             pending.clear()
         while True:
-            data = self.backend_recv(connection, self.ctx.buffer_size)
+            data = self.backend_recv(connection, size)
             if not data:
                 return False
             self.client_send(data)
 
-    def backend_recv(self, connection, size: int) -> bytes:
+    @staticmethod
+    def backend_recv(connection, size: int) -> bytes:
         """After the response head was sent, a failing backend can only end the connection."""
         try:
             return connection.recv(size)
@@ -514,19 +593,28 @@ class HttpSession:
             raise Aborted(f"backend failed in the middle of a response body: {error}") from None
 
     def tunnel(self, connection) -> None:
-        """After 101 Switching Protocols: bytes both ways until both sides are done."""
+        """After 101 Switching Protocols: bytes both ways until both sides are done, or until
+        neither side has sent anything for front_timeout."""
         self.keep_alive = False
-        client, timeout = self.sock, self.listener.front_timeout
-        if self.buf:
-            connection.sendall(bytes(self.buf))
-            self.buf.clear()
-        if connection.pending:
-            client.sendall(bytes(connection.pending))
-            connection.pending.clear()
-        upstream = gevent.spawn(_pump, client, connection, timeout, self.ctx.buffer_size)
+        client, exchange = self.sock, self.exchange
         try:
-            _pump(connection, client, timeout, self.ctx.buffer_size)
+            if self.buf:
+                connection.sendall(bytes(self.buf))
+                exchange.bytes_in += len(self.buf)
+                self.buf.clear()
+            if connection.pending:
+                client.sendall(bytes(connection.pending))
+                exchange.bytes_out += len(connection.pending)
+                connection.pending.clear()
+        except OSError as error:
+            raise Aborted(f"the tunnel failed at its start: {error}") from None
+        activity = [time.monotonic()]
+        timeout, size = self.listener.front_timeout, self.ctx.buffer_size
+        upstream = gevent.spawn(_pump, client, connection, activity, timeout, size)
+        try:
+            exchange.bytes_out += _pump(connection, client, activity, timeout, size)
             upstream.join(timeout)
+            exchange.bytes_in += upstream.value or 0
         finally:
             upstream.kill()
             connection.close()
@@ -534,47 +622,70 @@ class HttpSession:
     # -- the end of an exchange ------------------------------------------------------------
     def finish_exchange(self) -> None:
         exchange, self.exchange = self.exchange, None
+        self.response_started = False  # an error in the next request is answered again
         if exchange is None:
             return
         self.ctx.metrics.record(exchange)
         if not access_log.disabled:
-            duration = exchange.duration_ms()
             access_log.info("%s %s %s %d %s %s %s in=%d out=%d %.1fms",
                             self.client_ip, exchange.app_id, exchange.backend, exchange.status,
                             exchange.method.decode("latin-1"), exchange.host,
                             exchange.path.decode("latin-1"), exchange.bytes_in, exchange.bytes_out,
-                            duration)
+                            exchange.duration_ms())
 
 
-def _pump(source, destination, timeout: float, size: int) -> None:
-    source.settimeout(timeout)
+def _origin_form(target: bytes) -> bytes:
+    """`http://host/p?q` -> `/p?q` (many backends do not understand the absolute form)."""
+    if target[:1] == b"/" or target == b"*":
+        return target
+    start = target.find(b"/", target.find(b"//") + 2)
+    if start < 0:  # no path: `http://host` or `http://host?q`
+        query = target.find(b"?")
+        return b"/" if query < 0 else b"/" + target[query:]
+    return target[start:]
+
+
+def _pump(source, destination, activity: list, timeout: float, size: int) -> int:
+    """Copy one direction of a tunnel; the other direction's traffic keeps it alive too."""
+    sent = 0
     try:
         while True:
-            data = source.recv(size)
+            source.settimeout(max(activity[0] + timeout - time.monotonic(), 0.001))
+            try:
+                data = source.recv(size)
+            except socket.timeout:
+                if time.monotonic() - activity[0] < timeout:
+                    continue  # the other direction was busy
+                break
             if not data:
                 break
+            activity[0] = time.monotonic()
             destination.sendall(data)
+            sent += len(data)
     except OSError:
         pass  # either side going away ends the tunnel; nothing to answer at this point
     try:
         destination.shutdown(socket.SHUT_WR)
     except OSError:
         pass  # already closed
+    return sent
 
 
 def serve(ctx, listener, sock, client_address) -> None:
     """The connection greenlet: one of the three places where errors are caught."""
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     session = HttpSession(ctx, listener, sock, client_address)
     try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         session.run()
     except Answer as answer:
         if not session.response_started:
             _send_error(session, answer.status, answer.body or answers.default_answer(answer.status, answer.detail))
         if answer.status >= 500:
             log.warning("%s: %d %s", session.client_ip, answer.status, answer.detail)
-        else:
+        elif answer.status in (301, 404):  # routine: the access log says enough
             log.debug("%s: %d %s", session.client_ip, answer.status, answer.detail)
+        else:
+            log.info("%s: %d %s", session.client_ip, answer.status, answer.detail)
     except ClientGone as gone:
         log.debug("%s: connection ended: %s", session.client_ip, gone)
     except Aborted as aborted:
@@ -592,9 +703,16 @@ def _send_error(session, status: int, data: bytes) -> None:
     if session.exchange is None:
         session.exchange = Exchange()
     session.exchange.status = status
+    sock = session.sock
     try:
-        session.sock.settimeout(1)
-        session.sock.sendall(data)
+        sock.settimeout(1)
+        sock.sendall(data)
         session.exchange.bytes_out += len(data)
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + LINGER_SECONDS
+        while (remaining := deadline - time.monotonic()) > 0:
+            sock.settimeout(remaining)
+            if not sock.recv(65536):
+                break
     except OSError:
-        pass  # the client is gone already; the answer was only a courtesy
+        pass  # the client is gone already, or too slow to go: the answer was only a courtesy

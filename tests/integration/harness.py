@@ -199,6 +199,17 @@ class EchoHandler(BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:
         return
 
+    def setup(self):
+        super().setup()
+        with self.server.lock:
+            self.server.connections += 1
+            self.server.open_sockets.add(self.connection)
+
+    def finish(self):
+        with self.server.lock:
+            self.server.open_sockets.discard(self.connection)
+        super().finish()
+
     def handle_one_request(self):
         self.server.requests += 1
         return super().handle_one_request()
@@ -287,6 +298,9 @@ class Backend:
         self.server.daemon_threads = True
         self.server.name = name
         self.server.requests = 0
+        self.server.connections = 0  # TCP connections accepted
+        self.server.open_sockets = set()
+        self.server.lock = threading.Lock()
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -294,6 +308,24 @@ class Backend:
     @property
     def requests(self) -> int:
         return self.server.requests
+
+    @property
+    def connections(self) -> int:
+        return self.server.connections
+
+    @property
+    def open_connections(self) -> int:
+        return len(self.server.open_sockets)
+
+    def close_connections(self) -> None:
+        """Close every open connection, as a backend's keep-alive timeout would."""
+        with self.server.lock:
+            sockets = list(self.server.open_sockets)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -361,3 +393,133 @@ def raw_request(port: int, data: bytes, timeout: float = 5.0, read_until_close: 
             if not read_until_close:
                 break
         return b"".join(chunks)
+
+
+# -- clients -------------------------------------------------------------------------------------
+class Response:
+    def __init__(self, version: str, status: int, reason: str, headers: list, body: bytes):
+        self.version, self.status, self.reason, self.headers, self.body = version, status, reason, headers, body
+
+    def header(self, name: str, default=None):
+        values = self.all(name)
+        return values[0] if values else default
+
+    def all(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.headers} {self.body[:200]!r}>"
+
+
+def read_response(reader, method: str = "GET") -> Response:
+    """One response from a binary file object (sock.makefile("rb")), with its body decoded
+    (Content-Length, chunked or until close). Raises ConnectionError at end of file."""
+    line = reader.readline()
+    if not line:
+        raise ConnectionError("connection closed before a response")
+    version, status, reason = line.decode("latin-1").rstrip("\r\n").split(" ", 2)
+    headers = []
+    while True:
+        line = reader.readline()
+        if line in (b"\r\n", b""):
+            break
+        name, _, value = line.decode("latin-1").partition(":")
+        headers.append((name, value.strip()))
+    response = Response(version, int(status), reason, headers, b"")
+    if method == "HEAD" or response.status in (204, 304) or 100 <= response.status < 200:
+        return response
+    if "chunked" in (response.header("Transfer-Encoding") or "").lower():
+        body = []
+        while True:
+            size = int(reader.readline().split(b";")[0], 16)
+            if size == 0:
+                while reader.readline() not in (b"\r\n", b""):
+                    pass
+                break
+            body.append(reader.read(size))
+            reader.readline()
+        response.body = b"".join(body)
+    elif response.header("Content-Length") is not None:
+        response.body = reader.read(int(response.header("Content-Length")))
+    else:
+        response.body = reader.read()
+    return response
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def http_apps_config(socket_path_dir: Path, listen_port: int, apps: dict, *, worker_count: int = 1,
+                     listener_extra: str = "", extra: str = "", timeouts: str = "") -> str:
+    """One http listener and several applications.
+    apps: {app_id: {"fronts": [(hostname, path_begin), ...],
+                    "backends": ["127.0.0.1:P" or {"address": ..., "weight": ..., ...}, ...],
+                    "extra": "toml lines of the application table"}}
+    timeouts: toml lines replacing the default timeouts (front/back/connect/request)."""
+    def toml(value):
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (int, float)):
+            return str(value)
+        if isinstance(value, dict):
+            return "{ " + ", ".join(f"{k} = {toml(v)}" for k, v in value.items()) + " }"
+        return json.dumps(value)
+
+    timeouts = timeouts or "front_timeout = 10\nback_timeout = 5\nconnect_timeout = 2\nrequest_timeout = 3"
+    text = f"""
+command_socket = "{socket_path_dir}/sozu.sock"
+worker_count = {worker_count}
+max_connections = 500
+log_level = "info"
+log_access_target = "stdout"
+shutdown_grace_period = 5
+{timeouts}
+{extra}
+
+[[listeners]]
+protocol = "http"
+address = "127.0.0.1:{listen_port}"
+{listener_extra}
+"""
+    for app_id, app in apps.items():
+        fronts = ", ".join(toml({"address": f"127.0.0.1:{listen_port}", "hostname": host, "path_begin": path})
+                           for host, path in app["fronts"])
+        backends = ", ".join(toml(b if isinstance(b, dict) else str(b)) for b in app["backends"])
+        text += f"""
+[applications.{app_id}]
+protocol = "http"
+{app.get("extra", "")}
+frontends = [ {fronts} ]
+backends = [ {backends} ]
+"""
+    return text
+
+
+def request(port: int, method: str = "GET", path: str = "/", host: str = "localhost", headers: dict | None = None,
+            body=None, timeout: float = 5.0, conn=None) -> Response:
+    """One request with http.client (on conn when given, to keep it alive); the body is read whole."""
+    import http.client
+    own = conn is None
+    if own:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers={"Host": host, **(headers or {})})
+        answer = conn.getresponse()
+        data = answer.read()
+        return Response(f"HTTP/{answer.version / 10:.1f}", answer.status, answer.reason,
+                        list(answer.getheaders()), data)
+    finally:
+        if own:
+            conn.close()
+
+
+def echo(response: Response) -> dict:
+    """The EchoHandler's JSON, with its headers as a case-insensitive lookup helper."""
+    data = json.loads(response.body)
+    data["header"] = lambda name: [v for k, v in data["headers"] if k.lower() == name.lower()]
+    return data
