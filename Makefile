@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PACKAGES := libcap-dev curl openssl
 
-.PHONY: run test unit integration soak bench clean system-deps
+.PHONY: run test unit integration bench clean
 
 $(STAMP): setup.py
 	@# python-prctl compiles against libcap's headers.
@@ -18,22 +18,25 @@ $(STAMP): setup.py
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-system-deps:
-	@true
-
+# The proxy in the foreground on 127.0.0.1:8080 with conf/config.toml, and the demo backend it
+# routes to on 127.0.0.1:1026; Ctrl-C stops both.
 run: $(STAMP)
-	$(PY) -m sozu.demo_backend --address 127.0.0.1:1026 & \
-	demo=$$!; trap "kill $$demo" EXIT INT TERM; \
+	@$(PY) -m sozu.demo_backend --address 127.0.0.1:1026 & demo=$$!; \
+	trap 'kill $$demo 2>/dev/null' EXIT; \
+	echo "try: curl -H 'Host: localhost' http://127.0.0.1:8080/"; \
 	$(PY) sozu.py start -c conf/config.toml
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=120 tests
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests --ignore=tests/integration
 
 integration: $(STAMP)
 	$(PY) -m pytest -q tests/integration
+
+bench: $(STAMP)
+	bench/run.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info
