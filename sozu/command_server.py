@@ -256,6 +256,9 @@ class CommandServer:
             if master.upgrade is not None:
                 raise MessageError("an upgrade is in progress: the new master has its own copy of "
                                    "the state; retry this change once it answers")
+            if not master.last_generation:
+                raise MessageError("this master was replaced by an upgrade and is draining: "
+                                   "send this change again, to the new master")
             self.apply_state_order(order)
             self.fan_out(client, request.id, [order], self._finish_state_change, request.worker_id)
         elif order.type in ("SOFT_STOP", "HARD_STOP"):

@@ -86,7 +86,10 @@ class Master:
         self.stop_deadline = 0.0
         self.command_server = None
         self.exit_code = 0
-        self.last_generation = True  # False once a newer master has taken over the sockets
+        # Whether this master owns the socket and pid files (and removes them when it exits):
+        # a master started by an upgrade owns them once it serves; a master retired by a newer
+        # one no longer does.
+        self.last_generation = ready_fd is None
         self.upgrade = None          # the Upgrade in progress, if any
         self.ready_fd = ready_fd     # set when an older master waits for us to serve
         self.last_ping = 0.0
@@ -98,7 +101,10 @@ class Master:
     def run(self) -> int:
         self.install_signal_handlers()
         self.selector.register(self._wakeup_r, selectors.EVENT_READ, self._drain_wakeup)
-        if self.command_server is not None:
+        if self.command_server is not None and self.ready_fd is None:
+            # A master started by an upgrade leaves the shared command socket to the old one
+            # until it serves (take_over): a change it accepted before then would be lost if the
+            # upgrade failed, and a second upgrade must reach the master that refuses it.
             self.command_server.register(self.selector)
         log.info("master %d starting %d workers (generation %d)", os.getpid(), len(self.slots), self.generation)
         while True:
@@ -212,6 +218,8 @@ class Master:
         self.selector.close()
         os.close(self._wakeup_r)
         os.close(self._wakeup_w)
+        if self.ready_fd is not None:  # or the old master could never see it closed
+            os.close(self.ready_fd)
 
     def _on_channel(self, worker: WorkerProcess) -> None:
         try:
@@ -253,10 +261,20 @@ class Master:
             callback, worker.on_ready = worker.on_ready, None
             callback(None)
         if self.ready_fd is not None and self.all_workers_serve():
-            from sozu.upgrade import signal_ready
-            signal_ready(self.ready_fd)
-            self.ready_fd = None
-            log.info("all workers serve: the previous generation may stop")
+            self.take_over()
+
+    def take_over(self) -> None:
+        """Started by an upgrade, all our workers serve: the files and the command socket are
+        ours now, and the previous generation may stop."""
+        from sozu.startup import write_pid_file
+        from sozu.upgrade import signal_ready
+        write_pid_file(self.config.pid_file_path)
+        self.last_generation = True
+        if self.command_server is not None:
+            self.command_server.register(self.selector)
+        signal_ready(self.ready_fd)
+        self.ready_fd = None
+        log.info("all workers serve: the previous generation may stop")
 
     def all_workers_serve(self) -> bool:
         serving = {w.id for w in self.workers.values() if w.state == "running"}
@@ -374,6 +392,8 @@ class Master:
             raise MessageError("an upgrade is already in progress")
         if self.stopping:
             raise MessageError("the proxy is stopping")
+        if self.ready_fd is not None or not self.last_generation:
+            raise MessageError("this master is not the one serving: it is itself part of an upgrade")
 
         def done(error, pid):
             self.upgrade = None

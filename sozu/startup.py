@@ -126,7 +126,8 @@ def start(config) -> int:
     master = Master(config, state, sockets, generation=generation, sandbox_plan=plan, ready_fd=ready_fd)
     command_server.attach(master)
     master.command_server = command_server
-    write_pid_file(config.pid_file_path)
+    if ready_fd is None:  # after an upgrade, the new master writes it once it serves
+        write_pid_file(config.pid_file_path)
     try:
         return master.run()
     finally:

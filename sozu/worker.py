@@ -151,7 +151,9 @@ class Worker:
             return
         info = self.listener_infos[address]
         handler = self.handler_for(info)
-        server = StreamServer(sock, handler, spawn=self.pool)
+        # The server gets its own duplicate of the listening fd, so that stop_listener() can
+        # close() it: closing is what stops it for good (see there), and it closes only this copy.
+        server = StreamServer(sock.dup(), handler, spawn=self.pool)
         server.max_accept = 1  # fairness between workers sharing the socket (gunicorn#2266)
         server.start()
         self.servers[address] = server
@@ -164,9 +166,12 @@ class Worker:
     def stop_listener(self, address: str) -> None:
         server = self.servers.pop(address, None)
         if server is not None:
-            # Never close() or shutdown() here: the listening socket is shared with the other
-            # workers and the next generation; this worker only stops watching it.
-            server.stop_accepting()
+            # Never shutdown() here: the listening socket is shared with the other workers and
+            # the next generation. close() shuts only this server's own duplicate of the fd, and
+            # marks it stopped: stop_accepting() alone is undone as soon as a connection ends
+            # after the pool was full (gevent re-arms a started server from the pool's
+            # semaphore), and a draining worker would accept again and drop what it accepts.
+            server.close()
 
     # -- channel -----------------------------------------------------------------------------
     def read_channel(self) -> None:
