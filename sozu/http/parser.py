@@ -35,15 +35,8 @@ import re
 from dataclasses import dataclass
 
 __all__ = [
-    "DEFAULT_LIMITS",
-    "HOP_BY_HOP",
-    "ChunkedFramer",
-    "Limits",
-    "ProtocolError",
-    "RequestHead",
-    "ResponseHead",
-    "parse_request_head",
-    "parse_response_head",
+    "DEFAULT_LIMITS", "HOP_BY_HOP", "ChunkedFramer", "Limits", "ProtocolError", "RequestHead",
+    "ResponseHead", "parse_request_head", "parse_response_head",
 ]
 
 
@@ -69,19 +62,10 @@ class Limits:
 
 DEFAULT_LIMITS = Limits()
 
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-    }
-)
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+    b"proxy-connection", b"proxy-authenticate", b"proxy-authorization",
+})
 
 
 @dataclass(slots=True)
@@ -113,7 +97,7 @@ class ResponseHead:
     body: str  # "none" | "length" | "chunked" | "close"
 
 
-# --- grammar (RFC 9110 §5.6.2, RFC 9112 §3, §4, §5, §7.1) -------------------------------------
+# --- grammar (RFC 9110 §5.6.2, RFC 9112 §3, §4, §5, §7.1) ------------------------------------
 
 _TCHAR = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
 _VALUE_CHAR = rb"\t\x20-\x7e\x80-\xff"  # HTAB, SP, VCHAR, obs-text
@@ -126,10 +110,6 @@ _REQUEST_LINE_PREFIX = re.compile(
 _STATUS_LINE = re.compile(rb"(HTTP/[0-9]\.[0-9]) ([0-9]{3})(?: ([%s]*))?" % _VALUE_CHAR)
 _FIELD_BLOCK = re.compile(rb"(?:[%s]+:[%s]*\r\n)*" % (_TCHAR, _VALUE_CHAR))
 _FIELD_LINE = re.compile(rb"[%s]+:[%s]*" % (_TCHAR, _VALUE_CHAR))
-_FIELD = re.compile(
-    rb"([%s]+):[ \t]*((?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?)[ \t]*\r\n"
-    % _TCHAR
-)
 _DIGITS = re.compile(rb"[0-9]{1,18}")
 _ABSOLUTE_FORM = re.compile(rb"([Hh][Tt][Tt][Pp][Ss]?)://([^/?#]*)([^?#]*)(\?[^#]*)?")
 _HOST = re.compile(
@@ -143,6 +123,7 @@ _HEX_PREFIX = re.compile(rb"[0-9A-Fa-f]*")
 _VCHARS = re.compile(rb"[\x21-\x7e]+")
 _CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
+_NO_TOKENS: frozenset[bytes] = frozenset()
 _MAX_EMPTY_LINES = 8  # tolerated before a request line (RFC 9112 §2.2)
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 _KNOWN_VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
@@ -189,72 +170,20 @@ def parse_request_head(
         raise ProtocolError("request head too large", 431)
     head = bytes(buf[start : end + 2])
     method, target, version, t_host, t_port, path = _parse_request_line(head[: line_end - start])
-    headers = _parse_fields(head, line_end - start + 2, limits, 400, 431)
-
-    cl = te = conn = expect = upgrade = None
-    hosts: list[bytes] = []
-    for name, value in headers:
-        key = _TRACKED.get(name.lower())
-        if key is None:
-            continue
-        if key == _CONN:
-            conn = value if conn is None else conn + b"," + value
-        elif key == _HOST_H:
-            hosts.append(value)
-        elif key == _CL:
-            cl = value if cl is None else cl + b"," + value
-        elif key == _TE:
-            te = value if te is None else te + b"," + value
-        elif key == _EXPECT:
-            expect = value if expect is None else expect + b"," + value
-        elif key == _UPGRADE:
-            upgrade = value if upgrade is None else upgrade + b", " + value
-        else:
-            raise ProtocolError(f"header {name.decode('ascii')!r} imitates a framing header")
-
+    headers, found, hosts = _parse_fields(head, line_end - start + 2, limits, 400, 431)
     http11 = version == b"HTTP/1.1"
-    if len(hosts) > 1:
-        raise ProtocolError("several Host headers")
-    if hosts:
-        h_host, h_port = _parse_host(hosts[0], "Host header")
-        # RFC 9112 §3.2.2: the backend must not route on another host than the one we did.
-        if t_host is not None:
-            port, default = t_port
-            if (t_host, port) != (h_host, default if h_port is None else h_port):
-                raise ProtocolError("Host header does not match the absolute-form target")
-        host = h_host if t_host is None else t_host
-    elif http11:
-        raise ProtocolError("HTTP/1.1 request without a Host header")
-    else:
-        host = t_host or ""
-
-    content_length = None
-    chunked = False
-    if te is not None:
-        if cl is not None:
-            raise ProtocolError("both Transfer-Encoding and Content-Length")
-        if not http11:
-            raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
-        codings = _split_codings(te, 400)
-        if codings != [b"chunked"]:
-            if codings.count(b"chunked") > 1:
-                raise ProtocolError("chunked applied more than once")
-            if b"chunked" in codings[:-1]:
-                # RFC 9112 §6.3: chunked not last, the body length cannot be determined
-                raise ProtocolError("chunked is not the final transfer coding")
-            raise ProtocolError("unsupported Transfer-Encoding", 501)  # RFC 9112 §6.1
-        chunked = True
-    elif cl is not None:
-        content_length = _parse_content_length(cl, 400)
-
-    tokens = _connection_tokens(conn, 400)
+    host = _routing_host(hosts, http11, t_host, t_port)
+    content_length, chunked = _request_framing(found[_CL], found[_TE], http11)
+    tokens = _connection_tokens(found[_CONN], 400)
     if http11:
         keep_alive = b"close" not in tokens
     else:
         keep_alive = b"keep-alive" in tokens and b"close" not in tokens
     # RFC 9110 §7.8 and §10.1.1: Upgrade and 100-continue are ignored in HTTP/1.0 requests.
+    upgrade = found[_UPGRADE]
     if upgrade is not None:
         upgrade = upgrade.lower() if http11 and b"upgrade" in tokens else None
+    expect = found[_EXPECT]
     expect_continue = (
         expect is not None and http11 and b"100-continue" in _split_list(expect.lower())
     )
@@ -263,6 +192,42 @@ def parse_request_head(
         expect_continue, upgrade, tokens,
     )
     return head_obj, end + 4
+
+
+def _routing_host(hosts: list[bytes], http11: bool, t_host, t_port) -> str:
+    if len(hosts) > 1:
+        raise ProtocolError("several Host headers")
+    if not hosts:
+        if http11:
+            raise ProtocolError("HTTP/1.1 request without a Host header")
+        return t_host or ""
+    h_host, h_port = _parse_host(hosts[0], "Host header")
+    if t_host is None:
+        return h_host
+    # RFC 9112 §3.2.2 has an origin server ignore Host here; a proxy refuses instead, so that
+    # the backend cannot route on another host than the one we routed on.
+    port, default = t_port
+    if (t_host, port) != (h_host, default if h_port is None else h_port):
+        raise ProtocolError("Host header does not match the absolute-form target")
+    return t_host
+
+
+def _request_framing(cl: bytes | None, te: bytes | None, http11: bool) -> tuple[int | None, bool]:
+    """-> (content_length, chunked), RFC 9112 §6.1 and §6.3."""
+    if te is None:
+        return (None if cl is None else _parse_content_length(cl, 400)), False
+    if cl is not None:
+        raise ProtocolError("both Transfer-Encoding and Content-Length")
+    if not http11:
+        raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
+    codings = _split_codings(te, 400)
+    if codings != [b"chunked"]:
+        if codings.count(b"chunked") > 1:
+            raise ProtocolError("chunked applied more than once")
+        if b"chunked" in codings[:-1]:
+            raise ProtocolError("chunked is not the final transfer coding")
+        raise ProtocolError("unsupported Transfer-Encoding", 501)
+    return None, True
 
 
 def _parse_request_line(line: bytes):
@@ -385,19 +350,8 @@ def parse_response_head(
     status = int(status_b)
     if status < 100 or status > 599:
         raise ProtocolError(f"status code {status} out of range", 502)
-    headers = _parse_fields(head, line_end + 2, limits, 502, 502)
-
-    cl = te = conn = None
-    for name, value in headers:
-        key = _TRACKED.get(name.lower())
-        if key == _CONN:
-            conn = value if conn is None else conn + b"," + value
-        elif key == _CL:
-            cl = value if cl is None else cl + b"," + value
-        elif key == _TE:
-            te = value if te is None else te + b"," + value
-        elif key == _LOOKALIKE:
-            raise ProtocolError(f"header {name.decode('ascii')!r} imitates a framing header", 502)
+    headers, found, _ = _parse_fields(head, line_end + 2, limits, 502, 502)
+    cl, te = found[_CL], found[_TE]
     if te is not None and cl is not None:
         raise ProtocolError("both Transfer-Encoding and Content-Length", 502)
     content_length = None if cl is None else _parse_content_length(cl, 502)
@@ -406,7 +360,7 @@ def parse_response_head(
         raise ProtocolError("chunked applied more than once", 502)
 
     http11 = version == b"HTTP/1.1"
-    tokens = _connection_tokens(conn, 502)
+    tokens = _connection_tokens(found[_CONN], 502)
     keep_alive = b"close" not in tokens and (http11 or b"keep-alive" in tokens)
     if request_method == b"HEAD" or status < 200 or status == 204 or status == 304:
         body = "none"
@@ -430,12 +384,34 @@ def parse_response_head(
 
 
 def _parse_fields(head: bytes, pos: int, limits: Limits, hint: int, size_hint: int):
-    """Field lines of head[pos:] (each ending with CRLF) -> [(name, stripped value)]."""
+    """Field lines of head[pos:] (each ending with CRLF) -> (headers, found, hosts): the
+    [(name, stripped value)] list; the values of the headers the parser interprets, indexed by
+    _CL, _TE..., duplicates joined into one comma list (RFC 9110 §5.3); the Host values apart."""
+    found = [None] * 6
+    hosts: list[bytes] = []
+    if pos == len(head):
+        return [], found, hosts
     if head.count(b"\r\n", pos) > limits.max_header_count:
         raise ProtocolError("too many header fields", size_hint)
     if _FIELD_BLOCK.fullmatch(head, pos) is None:
         _diagnose_fields(head[pos:].split(b"\r\n")[:-1], hint)
-    return _FIELD.findall(head, pos)
+    headers = []
+    # Validated above: every line is token ":" value, so partition() is exact.
+    for line in head[pos:-2].split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        value = value.strip(b" \t")
+        headers.append((name, value))
+        key = _TRACKED.get(name.lower())
+        if key is None:
+            continue
+        if key == _HOST_H:
+            hosts.append(value)
+        elif key == _LOOKALIKE:
+            raise ProtocolError(f"header {name.decode('ascii')!r} imitates a framing header", hint)
+        else:
+            old = found[key]
+            found[key] = value if old is None else old + b"," + value
+    return headers, found, hosts
 
 
 def _diagnose_fields(lines: list[bytes], hint: int, what: str = "header") -> None:
@@ -494,7 +470,9 @@ def _parse_content_length(value: bytes, hint: int) -> int:
 
 def _connection_tokens(value: bytes | None, hint: int) -> frozenset[bytes]:
     if value is None:
-        return frozenset()
+        return _NO_TOKENS
+    if _TOKEN.fullmatch(value) is not None:  # the usual single "keep-alive" or "close"
+        return frozenset((value.lower(),))
     tokens = frozenset(item for item in _split_list(value.lower()) if item)
     for token in tokens:
         if _TOKEN.fullmatch(token) is None:
@@ -571,7 +549,8 @@ class ChunkedFramer:
                 if state == _SIZE:
                     limit = self._limits.max_chunk_line
                 else:
-                    limit = self._limits.max_head_size - self._trailer_size
+                    # the whole trailer section, final CRLF included, fits max_head_size
+                    limit = self._limits.max_head_size - self._trailer_size - 2
                 room = max(limit - len(self._line), 0) + 2  # the line, then its CRLF
                 window = data[pos : pos + room]
                 if type(window) is memoryview:

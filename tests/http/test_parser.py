@@ -542,6 +542,14 @@ def test_chunked_invalid(body, words):
             framer.feed(body[i : i + 1])
 
 
+def test_chunked_trailer_section_limit_is_exact():
+    limits = Limits(max_head_size=20)
+    fits = b"0\r\n" + b"A: 1234567\r\n" + b"B: 1\r\n" + b"\r\n"  # trailer section of 20
+    assert frame(fits, limits)[0].done
+    with pytest.raises(ProtocolError, match="too long"):
+        frame(fits.replace(b"B: 1", b"B: 12"), limits)
+
+
 def test_chunked_status_hint_for_responses():
     with pytest.raises(ProtocolError) as info:
         ChunkedFramer(status_hint=502).feed(b"zz\r\n")
