@@ -1,0 +1,316 @@
+"""TCP listeners: a byte relay between a client and a backend (worker only, gevent).
+
+Theory of operation
+-------------------
+The connection greenlet (one slot of the worker's connection pool):
+
+  (PROXY header, when the listener expects one or the application says ExpectHeader)
+  -> route_tcp(listener address) -> application -> pick a backend and connect within
+     connect_timeout; a failed connect marks the backend down (passive health) and the next one
+     is tried; none left: the client connection is closed at once
+  -> (PROXY header to the backend: v2, or the client's own header relayed as it is)
+  -> relay, then close both sides and log one access line.
+
+The relay is two pumps spawned in a per-connection Group (never in the accept pool, whose
+`add` blocks when the pool is full), while the connection greenlet supervises them. A pump
+reads at most buffer_size bytes and writes them all before it reads again, so a slow reader
+makes the proxy hold at most one buffer per direction: the rest waits in the kernel, and the
+writer's TCP window pushes back on the sender. End of stream on one side is passed on with
+shutdown(SHUT_WR) (half-close) while the other direction goes on; a reset or error on either
+side ends the whole relay.
+
+Timeouts: connect_timeout bounds each backend connect. After that, the supervisor closes the
+relay when the client side has seen no progress (a read from it, or a write to it completing)
+for front_timeout, or the backend side for back_timeout. A pump blocked writing to a reader
+that does not read makes no progress, so a stuck peer is cut like an idle one.
+
+`accept_proxy_header` serves every listener with expect_proxy: http (before the session),
+https (before the handshake) and tcp. It never reads past the header (see sozu.proxy_protocol).
+"""
+from __future__ import annotations
+
+import logging
+import socket as stdsocket
+import time
+
+import gevent
+import gevent.event
+import gevent.pool
+from gevent import socket
+
+from sozu import proxy_protocol
+from sozu.listeners import sockaddr
+
+log = logging.getLogger("sozu.tcp")
+access_log = logging.getLogger("sozu.access")
+
+SEND_PROXY_VERSION = 2  # the header sent to backends of SendHeader applications (1 or 2)
+
+
+# --- PROXY protocol on incoming connections ---------------------------------------------------
+
+def read_proxy_header(sock, deadline: float) -> proxy_protocol.ProxyHeader:
+    """Read exactly one PROXY header from `sock` by `deadline` (time.monotonic()); raises
+    ProxyProtocolError (malformed, or closed before its end) or socket.timeout."""
+    buf = b""
+    while True:
+        parsed = proxy_protocol.parse(buf)
+        if parsed is not None:
+            return parsed[0]
+        wanted = proxy_protocol.bytes_wanted(buf)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout("no complete PROXY header in time")
+        sock.settimeout(remaining)
+        if wanted is None:  # a v1 line: take what is there up to its LF, never past it
+            peeked = sock.recv(proxy_protocol.V1_MAX_LENGTH - len(buf), stdsocket.MSG_PEEK)
+            end = peeked.find(b"\n")
+            wanted = end + 1 if end >= 0 else len(peeked)
+            if not wanted:
+                raise proxy_protocol.ProxyProtocolError("connection closed in the PROXY header")
+        data = sock.recv(wanted)
+        if not data:
+            raise proxy_protocol.ProxyProtocolError("connection closed in the PROXY header")
+        buf += data
+
+
+def client_of(header: proxy_protocol.ProxyHeader | None, client_address):
+    """The real client: the header's source, unless it is LOCAL or has no address."""
+    if header is None or header.local or header.source is None:
+        return client_address
+    return header.source
+
+
+def accept_proxy_header(ctx, listener, sock, client_address, deadline: float,
+                        keep: dict | None = None):
+    """The real client address after the PROXY header, or None (logged, counted) when the
+    header is malformed or late: the caller closes the connection. `keep` receives the header."""
+    peer = client_address[0] if client_address else "-"
+    try:
+        header = read_proxy_header(sock, deadline)
+    except proxy_protocol.ProxyProtocolError as error:
+        ctx.metrics.incr("proxy_protocol_errors")
+        log.warning("%s: bad PROXY header on %s: %s", peer, listener.address, error)
+        return None
+    except socket.timeout:
+        ctx.metrics.incr("proxy_protocol_timeouts")
+        log.info("%s: no PROXY header in time on %s", peer, listener.address)
+        return None
+    except OSError as error:
+        log.debug("%s: connection ended in the PROXY header: %s", peer, error)
+        return None
+    if keep is not None:
+        keep["header"] = header
+    return client_of(header, client_address)
+
+
+def serve_after_proxy_header(serve, ctx, listener, sock, client_address) -> None:
+    """An http listener with expect_proxy: the header, then the session with the real client."""
+    deadline = time.monotonic() + listener.request_timeout
+    real = accept_proxy_header(ctx, listener, sock, client_address, deadline)
+    if real is None:
+        sock.close()
+        return
+    serve(ctx, listener, sock, real)
+
+
+# --- the relay --------------------------------------------------------------------------------
+
+class Relay:
+    """Bytes both ways between a client and a backend socket, supervised for idleness."""
+
+    def __init__(self, front, back, buffer_size: int, front_timeout: float, back_timeout: float):
+        self.front, self.back = front, back
+        self.buffer_size = buffer_size
+        self.front_timeout, self.back_timeout = front_timeout, back_timeout
+        now = time.monotonic()
+        self.front_progress = self.back_progress = now
+        self.bytes_in = self.bytes_out = 0  # client -> backend, backend -> client
+        self.failed: str | None = None
+        self.running = 0  # pumps not finished (a Group forgets a dead greenlet only later)
+        self.changed = gevent.event.Event()
+
+    def run(self) -> str:
+        """Relay until both directions end; the reason the relay ended."""
+        group = gevent.pool.Group()
+        self.running = 2
+        group.spawn(self._pump, self.front, self.back, True)
+        group.spawn(self._pump, self.back, self.front, False)
+        try:
+            while True:
+                if self.failed is not None:
+                    return self.failed
+                if not self.running:
+                    return "closed"
+                now = time.monotonic()
+                front_left = self.front_progress + self.front_timeout - now
+                back_left = self.back_progress + self.back_timeout - now
+                if front_left <= 0:
+                    return "front timeout"
+                if back_left <= 0:
+                    return "back timeout"
+                self.changed.clear()
+                self.changed.wait(min(front_left, back_left))
+        finally:
+            group.kill(block=False)
+
+    def _pump(self, source, destination, upstream: bool) -> None:
+        try:
+            self._copy(source, destination, upstream)
+        finally:
+            self.running -= 1
+            self.changed.set()
+
+    def _copy(self, source, destination, upstream: bool) -> None:
+        size = self.buffer_size
+        try:
+            while True:
+                data = source.recv(size)
+                now = time.monotonic()
+                if upstream:
+                    self.front_progress = now
+                else:
+                    self.back_progress = now
+                if not data:
+                    break
+                destination.sendall(data)
+                now = time.monotonic()
+                if upstream:
+                    self.back_progress = now
+                    self.bytes_in += len(data)
+                else:
+                    self.front_progress = now
+                    self.bytes_out += len(data)
+        except OSError as error:
+            self.failed = f"{'client' if upstream else 'backend'} connection failed: {error}"
+            return
+        try:
+            destination.shutdown(socket.SHUT_WR)  # half-close: the other direction goes on
+        except OSError:
+            pass  # the peer is gone already; the other pump will see it
+
+
+# --- the connection greenlet ----------------------------------------------------------------------
+
+def serve(ctx, listener, sock, client_address) -> None:
+    """A tcp listener's connection: one of the three places where errors are caught."""
+    start = time.monotonic()
+    client = client_address
+    app_id = backend_address = "-"
+    relay = None
+    reason = "closed"
+    backend = backends = connection = None
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ctx.metrics.incr("tcp_connections")
+        app_id = ctx.router.route_tcp(listener.address)
+        application = ctx.applications.get(app_id) if app_id is not None else None
+        if application is None:
+            ctx.metrics.incr("tcp_no_route")
+            log.info("%s: no tcp application on %s: closing", _ip(client), listener.address)
+            app_id, reason = "-", "no application"
+            return
+        proxy_mode = application.get("proxy_protocol")
+        received = {}
+        if listener.expect_proxy or proxy_mode == "ExpectHeader":
+            deadline = start + min(listener.front_timeout, listener.request_timeout)
+            client = accept_proxy_header(ctx, listener, sock, client_address, deadline, received)
+            if client is None:
+                reason = "bad PROXY header"
+                return
+        backends = ctx.balancer.backends(app_id)
+        backend, connection = _connect(ctx, listener, app_id, backends)
+        if connection is None:
+            ctx.metrics.incr("tcp_no_backend")
+            reason = "no backend"
+            return
+        backend_address = backend.address
+        if proxy_mode in ("SendHeader", "RelayHeader"):
+            connection.sendall(_proxy_header(proxy_mode, received.get("header"), client, sock))
+        sock.settimeout(None)
+        connection.settimeout(None)
+        relay = Relay(sock, connection, ctx.buffer_size, listener.front_timeout,
+                      listener.back_timeout)
+        reason = relay.run()
+        if reason.endswith("timeout"):
+            ctx.metrics.incr("tcp_timeouts")
+    except OSError as error:
+        reason = f"failed: {error}"
+    except Exception:
+        log.exception("%s: unexpected error on a tcp connection", _ip(client))
+        reason = "internal error"
+    finally:
+        if backend is not None:
+            backends.release(backend)
+        if connection is not None:
+            connection.close()
+        sock.close()
+        bytes_in = relay.bytes_in if relay else 0
+        bytes_out = relay.bytes_out if relay else 0
+        ctx.metrics.incr("tcp_bytes_in", bytes_in)
+        ctx.metrics.incr("tcp_bytes_out", bytes_out)
+        if not access_log.disabled:
+            access_log.info("%s %s %s tcp %s in=%d out=%d %.1fms", _ip(client), app_id,
+                            backend_address, reason, bytes_in, bytes_out,
+                            (time.monotonic() - start) * 1000)
+
+
+def _connect(ctx, listener, app_id: str, backends):
+    """(backend, connected socket), trying each usable backend once; (None, None) if none."""
+    tried = set()
+    while backends is not None:
+        now = time.monotonic()
+        backend = backends.pick(now, tried)
+        if backend is None:
+            break
+        tried.add(backend)
+        backends.acquire(backend)
+        try:
+            connection = _open(backend.address, listener.connect_timeout)
+        except OSError as error:
+            backends.release(backend)
+            ctx.metrics.incr("backend_connect_errors")
+            if backends.mark_failure(backend, now):
+                log.warning("backend %s (%s) of %s is down: %s", backend.backend_id,
+                            backend.address, app_id, error)
+                ctx.event("BACKEND_DOWN", app_id, backend)
+            continue
+        if backends.mark_success(backend):
+            log.info("backend %s (%s) of %s is up again", backend.backend_id, backend.address,
+                     app_id)
+            ctx.event("BACKEND_UP", app_id, backend)
+        return backend, connection
+    ctx.event("NO_AVAILABLE_BACKENDS", app_id, None)
+    log.warning("no backend of %s could be reached", app_id)
+    return None, None
+
+
+def _open(address: str, timeout: float):
+    family, addr = sockaddr(address)
+    connection = socket.socket(family, socket.SOCK_STREAM)
+    connection.settimeout(timeout)
+    try:
+        connection.connect(addr)
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _proxy_header(mode: str, received, client, sock) -> bytes:
+    if mode == "RelayHeader" and received is not None:
+        return received.raw
+    destination = None
+    if received is not None and not received.local and received.destination is not None:
+        destination = received.destination
+    if destination is None:
+        destination = sock.getsockname()[:2]
+    source = client[:2] if client else None
+    if SEND_PROXY_VERSION == 1:
+        return proxy_protocol.encode_v1(source, destination)
+    return proxy_protocol.encode_v2(source, destination)
+
+
+def _ip(client_address) -> str:
+    return client_address[0] if client_address else "-"
