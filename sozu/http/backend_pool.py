@@ -1,17 +1,22 @@
 """Idle keep-alive connections to backends, per worker (gevent sockets; worker only).
 
 A connection goes back to the pool only when its response was read to the end and nothing more
-arrived. Before one is reused it is checked with a non-blocking MSG_PEEK: a backend that closed
-it while idle (keepalive_timeout) shows end-of-file there, and the connection is dropped instead
-of costing a request. What that check cannot see (the close racing the reuse) the session handles
-by retrying requests that may be repeated.
+arrived. Before one that sat idle for a while is reused it is checked with a non-blocking
+MSG_PEEK: a backend that closed it while idle (keepalive_timeout) shows end-of-file there, and
+the connection is dropped instead of costing a request. A connection idle for less than
+CHECK_AFTER is reused without that system call: backends do not time out connections that
+young, and close after N requests with `Connection: close`, which the session honours. What the
+check cannot see (the close racing the reuse) the session handles by retrying requests that may
+be repeated.
 """
 from __future__ import annotations
 
 import socket
+import time
 from collections import defaultdict
 
 MAX_IDLE_PER_BACKEND = 64
+CHECK_AFTER = 1.0  # s of idleness after which a pooled connection is checked before reuse
 
 
 class BackendPool:
@@ -21,17 +26,20 @@ class BackendPool:
 
     def get(self, address: str):
         connections = self.idle.get(address)
-        while connections:
-            connection = connections.pop()
-            if _alive(connection):
-                return connection
-            connection.close()
+        if connections:
+            now = time.monotonic()
+            while connections:
+                connection = connections.pop()
+                if now - connection.idle_since < CHECK_AFTER or _alive(connection):
+                    return connection
+                connection.close()
         return None
 
     def put(self, address: str, connection) -> None:
         connections = self.idle[address]
         if len(connections) >= self.max_idle:
             connections.pop(0).close()
+        connection.idle_since = time.monotonic()
         connections.append(connection)
 
     def drop(self, address: str) -> None:
