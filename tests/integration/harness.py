@@ -302,7 +302,9 @@ class Backend:
         self.server.open_sockets = set()
         self.server.lock = threading.Lock()
         self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # a short poll interval: stop() waits for it, and tests stop many backends
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
         self.thread.start()
 
     @property

@@ -1,0 +1,212 @@
+"""Keep-alive on both sides: client connections carry many requests, idle backend connections
+are pooled per worker and reused (counted at the backend), a stale pooled connection is
+retried transparently when the request may be repeated."""
+import socket
+import threading
+
+import pytest
+
+from tests.integration.harness import (Backend, RawBackend, Sozu, free_port, http_apps_config, http_config, read_response,
+                                       request, wait_for)
+
+H = b"Host: localhost\r\n"
+
+
+@pytest.fixture(scope="module")
+def one_worker(tmp_path_factory):
+    """One worker (so one backend pool) in front of one backend; tests count the backend
+    connections they cause."""
+    tmp = tmp_path_factory.mktemp("keepalive")
+    b = Backend("ka")
+    port = free_port()
+    s = Sozu(tmp, http_config(tmp, port, [b.port], worker_count=1)).start()
+    s.port, s.backend = port, b
+    yield s
+    s.stop()
+    b.stop()
+
+
+def new_backend_connections(proxy, action) -> int:
+    before = proxy.backend.connections
+    action()
+    return proxy.backend.connections - before
+
+
+def test_requests_on_one_client_connection_reuse_one_backend_connection(one_worker):
+    import http.client
+    request(one_worker.port, "GET", "/")  # one idle connection in the pool
+    conn = http.client.HTTPConnection("127.0.0.1", one_worker.port, timeout=5)
+
+    def ten():
+        for i in range(10):
+            assert request(one_worker.port, "GET", f"/{i}", conn=conn).status == 200
+            assert conn.sock is not None, "the client connection stays open"
+
+    assert new_backend_connections(one_worker, ten) == 0
+    conn.close()
+
+
+def test_the_backend_pool_is_shared_by_the_clients_of_a_worker(one_worker):
+    def ten():
+        for i in range(10):
+            assert request(one_worker.port, "GET", f"/{i}").status == 200  # a new client connection each
+
+    request(one_worker.port, "GET", "/")
+    assert new_backend_connections(one_worker, ten) == 0
+
+
+def test_concurrent_clients_then_reuse(one_worker):
+    def client():
+        for _ in range(5):
+            assert request(one_worker.port, "GET", "/slow/0.05").status == 200
+
+    def concurrently():
+        threads = [threading.Thread(target=client) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    assert new_backend_connections(one_worker, concurrently) <= 8
+
+    def sequentially():
+        for _ in range(10):
+            assert request(one_worker.port, "GET", "/").status == 200
+
+    assert new_backend_connections(one_worker, sequentially) == 0, "idle pooled connections are reused"
+
+
+def test_a_backend_closing_its_idle_connections_costs_no_request(one_worker):
+    assert request(one_worker.port, "GET", "/").status == 200
+    one_worker.backend.close_connections()  # the backend's keep-alive timeout
+    wait_for(lambda: one_worker.backend.open_connections == 0, what="the backend to close")
+
+    def two():
+        assert request(one_worker.port, "GET", "/").status == 200
+        assert request(one_worker.port, "GET", "/").status == 200
+
+    assert new_backend_connections(one_worker, two) == 1
+
+
+def test_client_connection_close_is_honoured(one_worker):
+    with socket.create_connection(("127.0.0.1", one_worker.port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+        reader = sock.makefile("rb")
+        response = read_response(reader)
+        assert response.status == 200 and response.header("Connection") == "close"
+        assert reader.read() == b""
+    assert new_backend_connections(one_worker, lambda: request(one_worker.port, "GET", "/")) == 0, \
+        "the client's Connection: close is not the backend's"
+
+
+def test_backend_connection_close_keeps_the_client_connection(tmp_path, sozu):
+    def respond(conn, data):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+
+    raw = RawBackend(respond)
+    port = free_port()
+    sozu(http_config(tmp_path, port, [raw.port], worker_count=1))
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            reader = sock.makefile("rb")
+            for _ in range(3):
+                sock.sendall(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+                response = read_response(reader)
+                assert response.body == b"ok" and response.header("Connection") is None
+        assert len(raw.received) == 3, "one backend connection per request: each was closed"
+    finally:
+        raw.stop()
+
+
+def test_keep_alive_across_applications(tmp_path, sozu, backend):
+    a, b = backend("a"), backend("b")
+    port = free_port()
+    sozu(http_apps_config(tmp_path, port, {
+        "a": {"fronts": [("a.test", "")], "backends": [f"127.0.0.1:{a.port}"]},
+        "b": {"fronts": [("b.test", "")], "backends": [f"127.0.0.1:{b.port}"]}}))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        reader = sock.makefile("rb")
+        for host in (b"a.test", b"b.test", b"a.test", b"b.test"):
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+            assert read_response(reader).header("X-Backend") == host[:1].decode()
+    assert a.connections == 1 and b.connections == 1
+
+
+class OneShotBackend:
+    """Answers the first request of each connection (keep-alive), then closes the connection
+    when the next request arrives, without answering: the race between a backend's keep-alive
+    timeout and the proxy reusing the connection, made certain."""
+
+    def __init__(self, extra: bytes = b""):
+        self.extra = extra
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.answered = 0
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self.one, args=(conn,), daemon=True).start()
+
+    def one(self, conn):
+        with conn:
+            reader = conn.makefile("rb")
+            head = b""
+            while (line := reader.readline()) not in (b"\r\n", b""):
+                head += line
+            length = [int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")]
+            if length:
+                reader.read(length[0])
+            self.answered += 1
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + self.extra)
+            reader.readline()  # the next request: close without a word
+
+    def stop(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def one_shot(tmp_path, sozu):
+    b = OneShotBackend()
+    port = free_port()
+    s = sozu(http_config(tmp_path, port, [b.port], worker_count=1))
+    s.port, s.backend = port, b
+    yield s
+    b.stop()
+
+
+def test_a_stale_pooled_connection_is_retried_for_idempotent_requests(one_shot):
+    for method in ("GET", "GET", "HEAD", "DELETE", "PUT", "GET"):
+        response = request(one_shot.port, method, "/")
+        assert response.status == 200, (method, response)
+    assert one_shot.backend.answered == 6
+    assert one_shot.backend.connections == 6, "each retry opened a fresh connection"
+
+
+def test_a_stale_pooled_connection_is_not_retried_for_a_post(one_shot):
+    assert request(one_shot.port, "GET", "/").status == 200
+    response = request(one_shot.port, "POST", "/", body=b"hello")
+    assert response.status == 502, "a POST may have been acted on: never repeated"
+    assert response.header("Connection") == "close"
+    assert one_shot.backend.answered == 1
+
+
+def test_a_backend_connection_with_extra_bytes_is_not_reused(tmp_path, sozu):
+    b = OneShotBackend(extra=b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale")
+    port = free_port()
+    sozu(http_config(tmp_path, port, [b.port], worker_count=1))
+    try:
+        for _ in range(3):
+            response = request(port, "GET", "/")
+            assert response.status == 200 and response.body == b"ok"
+        assert b.connections == 3
+    finally:
+        b.stop()
