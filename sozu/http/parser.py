@@ -124,6 +124,7 @@ _VCHARS = re.compile(rb"[\x21-\x7e]+")
 _CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 _NO_TOKENS: frozenset[bytes] = frozenset()
+_EARLY_WINDOW = 2048  # bytes of an incomplete head searched for bare CR/LF on each call
 _MAX_EMPTY_LINES = 8  # tolerated before a request line (RFC 9112 §2.2)
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 _KNOWN_VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
@@ -152,7 +153,11 @@ def parse_request_head(
     """buf holds bytes received so far, starting where a request starts. Returns None if the head
     is not complete yet (and no limit is already exceeded), else (head, n) where n counts the
     bytes of buf the head used, including skipped leading empty lines and the final empty line.
-    Raises ProtocolError."""
+    Raises ProtocolError.
+
+    Stateless, so each call scans buf again (1-2 ns per buffered byte while incomplete). A head
+    only completes on a LF: a caller may skip the call after a read that brought none (calling
+    anyway once len(buf) passes a limit), so a head dribbled byte by byte costs no rescans."""
     start = 0
     if buf.startswith(b"\r\n"):
         while buf.startswith(b"\r\n", start):
@@ -295,7 +300,8 @@ def _check_partial_request(buf, start: int, limits: Limits) -> None:
     if line_end < 0:
         if size - buf.endswith(b"\r") > limits.max_request_line:
             raise ProtocolError("request line too long", 414)
-        if _REQUEST_LINE_PREFIX.fullmatch(buf, start) is None:
+        # A prefix of a viable prefix is viable: 64 bytes are enough to refuse garbage early.
+        if _REQUEST_LINE_PREFIX.fullmatch(buf, start, start + 64) is None:
             _diagnose_request_line(bytes(buf[start:]), partial=True)
             raise ProtocolError("malformed request line")
     else:
@@ -309,12 +315,19 @@ def _check_partial_request(buf, start: int, limits: Limits) -> None:
 def _check_partial_head(buf, start: int, limits: Limits, hint: int, size_hint: int) -> None:
     if len(buf) - start >= limits.max_head_size:
         raise ProtocolError("head too large", size_hint)
-    crlf = buf.count(b"\r\n", start)
-    if crlf > limits.max_header_count + 1:
+    # Every LF ends a field line (a bare one is refused below or when the head completes).
+    if buf.count(b"\n", start) > limits.max_header_count + 1:
         raise ProtocolError("too many header fields", size_hint)
-    if buf.count(b"\n", start) != crlf:
+    # Bare CR or LF are refused early by looking at the recent bytes only: the caller parses
+    # again after every read, and a head dribbled in byte by byte must not cost a rescan of the
+    # whole buffer per byte. The complete head is checked in full anyway.
+    tail = max(start, len(buf) - _EARLY_WINDOW)
+    if buf[tail : tail + 1] == b"\n":
+        tail += 1  # its CR may lie before the window
+    crlf = buf.count(b"\r\n", tail)
+    if buf.count(b"\n", tail) != crlf:
         raise ProtocolError("bare LF line ending (CRLF required)", hint)
-    if buf.count(b"\r", start) - buf.endswith(b"\r") != crlf:
+    if buf.count(b"\r", tail) - buf.endswith(b"\r") != crlf:
         raise ProtocolError("bare CR in head", hint)
 
 

@@ -296,6 +296,21 @@ def test_every_prefix_is_incomplete(data, _):
     assert parse_request_head(bytearray(data)) == complete
 
 
+def test_every_prefix_of_a_long_head_is_incomplete():
+    # longer than the window searched for bare CR/LF in incomplete heads: no false alarm
+    # where a CRLF straddles the window's edge
+    data = get(HOST, *[b"X-Header-%02d: %s" % (i, b"v" * (i % 7 + 60)) for i in range(80)])
+    assert len(data) > 5000
+    for cut in range(len(data)):
+        assert parse_request_head(data[:cut]) is None, cut
+    assert parse_request_head(data)[1] == len(data)
+
+
+def test_bare_lf_late_in_a_large_incomplete_head_is_refused_early():
+    data = get(HOST, *[b"X-%02d: %s" % (i, b"v" * 60) for i in range(50)])[:-2]
+    assert fails(data + b"X-Late: a\nb").status_hint == 400
+
+
 @pytest.mark.parametrize("name, data, status, words", INVALID, ids=[case[0] for case in INVALID])
 def test_prefixes_of_invalid_requests_never_succeed(name, data, status, words):
     seen_error = False
