@@ -253,6 +253,10 @@ class CommandServer:
     def proxy(self, client: Client, request: Request, order: Order) -> None:
         master = self.master
         if order.type in STATE_ORDERS:
+            if request.worker_id is not None:
+                # One state: a change that reached only some workers would split it silently.
+                raise MessageError(f"{order.type} changes the state of the master and of every "
+                                   "worker: worker_id is not allowed with it")
             if master.upgrade is not None:
                 raise MessageError("an upgrade is in progress: the new master has its own copy of "
                                    "the state; retry this change once it answers")
@@ -270,21 +274,43 @@ class CommandServer:
                 master.stop_worker(request.worker_id, how)
                 client.send(_answer(request.id, "OK", f"{how} stop of worker {request.worker_id} started"))
         elif order.type == "LOGGING":
-            logs.apply_filter(order.data)
+            try:
+                logs.apply_filter(order.data)
+            except logs.LogFilterError as error:
+                raise MessageError(f"LOGGING: {error}") from None
+            log.info("log filter set to %r", order.data)
             self.fan_out(client, request.id, [order], self._finish_state_change, request.worker_id)
         elif order.type == "METRICS":
             self.fan_out(client, request.id, [order], self._finish_metrics, request.worker_id)
         elif order.type == "QUERY":
-            self.fan_out(client, request.id, [order], self._finish_query, request.worker_id)
+            # The master's own answer is taken now: the workers answer after applying every
+            # order sent before this one, that is from this very state.
+            mine = self.master.query(order)
+            self.fan_out(client, request.id, [order],
+                         lambda task, missing: self._finish_query(task, missing, mine), request.worker_id)
         elif order.type == "STATUS":
             self.fan_out(client, request.id, [order], self._finish_status, request.worker_id)
         else:
             raise MessageError(f"unsupported order {order.type}")
 
     def apply_state_order(self, order: Order) -> None:
+        bound = None
         if order.type.startswith("ADD_") and order.type.endswith("_LISTENER"):
-            self.master.add_listener_socket(order.data["front"])
-        self.master.state.dispatch(order)
+            # Bound before the state takes it (a port in use is refused), released again if
+            # the state refuses it: a refused order leaves no socket behind.
+            if order.data["front"] not in self.master.sockets:
+                bound = order.data["front"]
+            try:
+                self.master.add_listener_socket(order.data["front"])
+            except OSError as error:
+                raise StateError(f"cannot listen on {order.data['front']}: "
+                                 f"{error.strerror or error}") from None
+        try:
+            self.master.state.dispatch(order)
+        except StateError:
+            if bound is not None:
+                self.master.close_listener_socket(bound)
+            raise
         if order.type == "REMOVE_LISTENER":
             self.master.close_listener_socket(order.data["front"])
         if self.config.automatic_state_save and self.config.saved_state:
@@ -365,9 +391,9 @@ class CommandServer:
         errors = self._errors(task, missing)
         return _answer(task.request_id, "ERROR" if errors else "OK", "; ".join(errors), data)
 
-    def _finish_query(self, task: Task, missing) -> dict:
+    def _finish_query(self, task: Task, missing, mine) -> dict:
         workers = {str(wid): a.get("data") for wid, a in task.answers.items() if a.get("status") == "OK"}
-        data = {"workers": workers, "master": self.master.query(task)}
+        data = {"workers": workers, "master": mine}
         errors = self._errors(task, missing)
         return _answer(task.request_id, "ERROR" if errors else "OK", "; ".join(errors), data)
 

@@ -35,6 +35,7 @@ from sozu import listeners
 from sozu.capacity import LoadBoard
 from sozu.channel import ChannelClosed, MasterChannel
 from sozu.messages import MessageError
+from sozu.state import answer_query
 
 log = logging.getLogger("sozu.master")
 
@@ -453,9 +454,10 @@ class Master:
             return (self.sockets[order.data["front"]].fileno(),)
         return ()
 
-    def query(self, task):
-        """The master's own view, beside the workers', so an operator can compare them."""
-        return self.state.hashes() if task.kind == "QUERY" else None
+    def query(self, order):
+        """The master's own answer to a QUERY order, in the workers' shape, so that an operator
+        can compare them (sozuctl query applications)."""
+        return answer_query(self.state, order.data)
 
     # -- stopping ----------------------------------------------------------------------------
     def stop(self, how: str) -> None:

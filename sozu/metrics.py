@@ -48,7 +48,9 @@ class Metrics:
 
 
 def percentiles(buckets: list[int]) -> dict[str, float | None]:
-    """Bucket upper bounds at each percentile (an upper estimate, like Prometheus histograms)."""
+    """Bucket upper bounds at each percentile (an upper estimate, like Prometheus histograms).
+    A percentile in the open-ended last bucket is given as that bucket's lower bound (the
+    largest finite bound): JSON has no infinity, and the answer must stay encodable."""
     total = sum(buckets)
     result: dict[str, float | None] = {}
     for p in PERCENTILES:
@@ -60,7 +62,7 @@ def percentiles(buckets: list[int]) -> dict[str, float | None]:
         for index, n in enumerate(buckets):
             seen += n
             if seen >= rank:
-                result[f"p{p:g}_ms"] = float(BUCKETS_MS[index]) if index < len(BUCKETS_MS) else float("inf")
+                result[f"p{p:g}_ms"] = float(BUCKETS_MS[min(index, len(BUCKETS_MS) - 1)])
                 break
     return result
 

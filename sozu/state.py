@@ -525,6 +525,30 @@ class ConfigState:
         }
 
 
+def answer_query(state: ConfigState, query: dict) -> Any:
+    """The answer to a QUERY order's data (normalised by Order.from_json), the same in the
+    master and in every worker, so that an operator can compare their copies of the state:
+    APPLICATIONS_HASHES -> {app_id: hash}; APPLICATIONS -> application views (all, one
+    APP_ID, or those serving a DOMAIN's hostname and path_begin); CERTIFICATES ->
+    {address: {fingerprint: names}}. StateError for an unknown query type."""
+    kind = query.get("type")
+    if kind == "APPLICATIONS_HASHES":
+        return state.hashes()
+    if kind == "APPLICATIONS":
+        selector = query.get("data") or {}
+        if selector.get("type") == "APP_ID":
+            return state.query_applications(app_id=selector["data"])
+        if selector.get("type") == "DOMAIN":
+            domain = selector["data"]
+            return state.query_applications(domain=domain["hostname"],
+                                            path_begin=domain.get("path_begin"))
+        return state.query_applications()
+    if kind == "CERTIFICATES":
+        return {address: {fp: list(cert["names"]) for fp, cert in sorted(certs.items())}
+                for address, certs in sorted(state.certificates.items())}
+    raise StateError(f"unknown query {kind!r}")
+
+
 def _activate(address: str, protocol: str) -> Order:
     return Order("ACTIVATE_LISTENER",
                  {"front": address, "proxy": protocol.upper(), "from_scm": False})

@@ -43,7 +43,7 @@ from sozu.lb import Balancer
 from sozu.messages import MessageError, Order
 from sozu.metrics import Metrics
 from sozu.router import Router
-from sozu.state import StateError
+from sozu.state import StateError, answer_query
 
 log = logging.getLogger("sozu.worker")
 
@@ -265,20 +265,7 @@ class Worker:
                         _refuse_http(conn)
 
     def query(self, query: dict):
-        kind = query.get("type")
-        if kind == "APPLICATIONS_HASHES":
-            return self.state.hashes()
-        if kind == "APPLICATIONS":
-            selector = query.get("data") or {}
-            if selector.get("type") == "APP_ID":
-                return self.state.query_applications(app_id=selector["data"])
-            if selector.get("type") == "DOMAIN":
-                return self.state.query_applications(domain=selector["data"]["hostname"])
-            return self.state.query_applications()
-        if kind == "CERTIFICATES":
-            return {address: {fp: cert["names"] for fp, cert in certs.items()}
-                    for address, certs in self.state.certificates.items()}
-        raise MessageError(f"unknown query {kind!r}")
+        return answer_query(self.state, query)
 
     # -- stopping ----------------------------------------------------------------------------
     def soft_stop(self) -> None:

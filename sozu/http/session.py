@@ -289,7 +289,9 @@ class HttpSession:
             except OSError as error:
                 backends.release(backend)
                 ctx.metrics.incr("backend_connect_errors")
-                if backends.mark_failure(backend, now):
+                # The time of the failure, not of the pick: a connect that timed out after the
+                # first backoff (1 s) would otherwise leave the backend already up again.
+                if backends.mark_failure(backend, time.monotonic()):
                     log.warning("backend %s (%s) of %s is down: %s", backend.backend_id,
                                 backend.address, app_id, error)
                     ctx.event("BACKEND_DOWN", app_id, backend)
