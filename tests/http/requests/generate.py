@@ -103,7 +103,8 @@ INVALID = [
     (b"GET / HTTP/1.1\rHost: example.com\r\n\r\n",
      "status=400 reason=bare CR ref=RFC 9112 §2.2"),
     (b"\nGET / HTTP/1.1\r\nHost: example.com\r\n\r\n",
-     "status=400 reason=bare LF ref=RFC 9112 §2.2 (only CRLF empty lines are skipped)"),
+     "status=400 reason=bare LF ref=RFC 9112 §2.2 "
+     "note=a recipient MAY take a lone LF as a line end; sozu skips only CRLF empty lines"),
     # --- request line (RFC 9112 §3)
     (b"GET /\r\n\r\n", "status=400 reason=HTTP/0.9 ref=RFC 9112 §2.3, Appendix C.1 "
      "note=HTTP/0.9 requests have no version and no headers: not supported"),
@@ -122,7 +123,8 @@ INVALID = [
     (get(H, line=b"CONNECT example.com:443 HTTP/1.1"), "status=400 reason=CONNECT ref=RFC 9112 §3.2.3 "
      "note=authority-form is for forward proxies; sozu is a reverse proxy"),
     (get(H, line=b"GET ftp://example.com/ HTTP/1.1"),
-     "status=400 reason=origin-form ref=RFC 9112 §3.2.2 (http and https only)"),
+     "status=400 reason=origin-form ref=RFC 9112 §3.2.2 "
+     "note=a valid absolute-URI, but not a scheme this HTTP server serves"),
     (get(H, line=b"GET http://user:pw@example.com/ HTTP/1.1"),
      "status=400 reason=userinfo ref=RFC 9110 §4.2.4 (userinfo MUST be treated as an error)"),
     (get(b"Host: internal.example", line=b"GET http://example.com/ HTTP/1.1"),
@@ -175,7 +177,8 @@ INVALID = [
     (post(b"Transfer-Encoding: chunked", b"Content-Length: 3", body=b"8\r\nSMUGGLED\r\n0\r\n\r\n"),
      "status=400 reason=both ref=RFC 9112 §6.3 rule 3; Kettle TE.CL"),
     (post(b"Transfer-Encoding: xchunked", body=b"0\r\n\r\n"),
-     "status=501 reason=unsupported ref=RFC 9112 §6.1 (unknown coding: 501); Kettle TE.TE"),
+     "status=501 reason=unsupported ref=RFC 9112 §6.1 (unknown coding: 501); Kettle TE.TE "
+     "note=§6.3 rule 4 (chunked not final) would also allow 400; either way refused and closed"),
     (post(b"Transfer-Encoding: xchunked", b"Content-Length: 4", body=b"0\r\n\r\n"),
      "status=400 reason=both ref=RFC 9112 §6.3 rule 3; Kettle TE.TE"),
     (post(b"Transfer-Encoding: chunked", b"Transfer-Encoding: x", body=b"0\r\n\r\n"),
@@ -183,11 +186,13 @@ INVALID = [
     (post(b"Transfer-Encoding: chunked, identity", body=b"0\r\n\r\n"),
      "status=400 reason=final ref=RFC 9112 §6.3 rule 4"),
     (post(b"Transfer-Encoding: identity", body=b"0\r\n\r\n"),
-     "status=501 reason=unsupported ref=RFC 9112 §6.1 (identity is no longer a coding)"),
+     "status=501 reason=unsupported ref=RFC 9112 §6.1 (identity is no longer a coding) "
+     "note=§6.3 rule 4 (chunked not final) would also allow 400"),
     (post(b"Transfer-Encoding: gzip, chunked", body=b"0\r\n\r\n"),
      "status=501 reason=unsupported ref=RFC 9112 §6.1 note=sozu forwards only plain chunked bodies"),
     (post(b"Transfer-Encoding: chunked, chunked", body=b"0\r\n\r\n"),
-     "status=400 reason=more than once ref=RFC 9112 §7 (chunked MUST NOT be applied twice)"),
+     "status=400 reason=more than once ref=RFC 9112 §6.1 (a sender MUST NOT chunk twice) "
+     "note=refusing what no conforming sender produces"),
     (post(b'Transfer-Encoding: "chunked"', body=b"0\r\n\r\n"),
      "status=400 reason=malformed ref=RFC 9112 §7 (a coding is a token); Kettle TE.TE"),
     (post(b"Transfer-Encoding: chunked,", body=b"0\r\n\r\n"),
@@ -223,7 +228,8 @@ INVALID = [
      "status=400 reason=chunk size ref=RFC 9112 §7.1 (BWS only before ';')"),
     (BODY_ERROR_HEAD + b"\r\nhello\r\n0\r\n\r\n", "status=400 reason=chunk size ref=RFC 9112 §7.1"),
     (BODY_ERROR_HEAD + b"10000000000000005\r\nhello\r\n0\r\n\r\n",
-     "status=400 reason=16 hex digits ref=RFC 9112 §7.1 (MUST anticipate overflow)"),
+     "status=400 reason=16 hex digits ref=RFC 9112 §7.1 (MUST anticipate overflow) "
+     "note=sizes are limited to 16 hex digits (64 bits)"),
     (BODY_ERROR_HEAD + b"5;ext\nhello\r\n0\r\n\r\n",
      "status=400 reason=bare LF ref=RFC 9112 §7.1.1; Weikop, Funky chunks (LF in extensions)"),
     (BODY_ERROR_HEAD + b"5;a=b c\r\nhello\r\n0\r\n\r\n",
