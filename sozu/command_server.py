@@ -409,6 +409,12 @@ class CommandServer:
         for worker in sorted(master.workers.values(), key=lambda w: (w.id, w.pid)):
             rows.append({"id": worker.id, "pid": worker.pid, "state": worker.state,
                          "restarts": worker.restarts, "generation": worker.generation})
+        if not master.stopping:  # a slot waiting to be refilled (backing off) is shown too
+            serving = {w.id for w in master.workers.values() if w.state != "stopping"}
+            for slot in master.slots.values():
+                if slot.wanted and slot.id not in serving:
+                    rows.append({"id": slot.id, "pid": None, "state": "restarting",
+                                 "restarts": slot.restarts, "generation": master.generation})
         return rows
 
     # -- state files -------------------------------------------------------------------------

@@ -14,11 +14,12 @@ code is on disk now is what runs. The new master inherits, by file descriptor:
   SOZU_GENERATION        the new master's generation number.
 
 Until "ready" arrives the old generation serves as before, and refuses state changes (they would
-be lost: the new master already has its copy). When it arrives, the old master stops accepting on
-the command socket, tells its workers to drain (stop accepting, finish in-flight requests, close
-idle keep-alive connections) and exits when they are done, leaving the socket and pid files to the
-new master. If the new master exits or is not ready before the deadline, it is killed and the old
-generation simply goes on: the upgrade answers ERROR with the reason.
+be lost: the new master already has its copy); the new master does not serve the command socket
+yet, and writes the pid file only once it is ready. When "ready" arrives, the old master stops
+accepting on the command socket, tells its workers to drain (stop accepting, finish in-flight
+requests, close idle keep-alive connections) and exits when they are done, leaving the socket and
+pid files to the new master. If the new master exits or is not ready before the deadline, it is
+killed and the old generation simply goes on: the upgrade answers ERROR with the reason.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ ENV_COMMAND_FD = "SOZU_COMMAND_FD"
 ENV_GENERATION = "SOZU_GENERATION"
 HANDOVER_VARIABLES = (ENV_FDS, ENV_STATE_FD, ENV_READY_FD, ENV_COMMAND_FD, ENV_GENERATION)
 READY_DEADLINE = 30.0  # s: a new master that is not serving by then has failed
+PIPE_CLOSED_GRACE = 2.0  # s: how long to wait for its exit status once its ready pipe closed
 
 
 class UpgradeError(Exception):
@@ -56,6 +58,7 @@ class Upgrade:
         self.buffer = b""
         self.deadline = time.monotonic() + READY_DEADLINE
         self.finished = False
+        self.pipe_closed = False
 
     def start(self) -> None:
         master = self.master
@@ -96,11 +99,18 @@ class Upgrade:
             if b"ready" in self.buffer:
                 self.finish(None)
             return
-        self.fail("the new master closed its ready pipe without being ready")
+        # The new master is gone, or about to be: its exit status (child_exited) is the better
+        # reason to report; wait a little for it.
+        self.close()
+        self.pipe_closed = True
+        self.deadline = min(self.deadline, time.monotonic() + PIPE_CLOSED_GRACE)
 
     def check(self, now: float) -> None:
         if not self.finished and now > self.deadline:
-            self.fail(f"the new master was not ready within {READY_DEADLINE:.0f}s")
+            if self.pipe_closed:
+                self.fail("the new master closed its ready pipe without being ready")
+            else:
+                self.fail(f"the new master was not ready within {READY_DEADLINE:.0f}s")
 
     def child_exited(self, pid: int, how: str) -> bool:
         if pid != self.pid:
