@@ -45,10 +45,14 @@ def build_state(config, handed_over: bytes | None = None) -> ConfigState:
 
 def fit_fd_limit(config):
     """Each worker holds its own descriptors: max_connections client sockets and as many backend
-    sockets. Raise the soft limit to fit. When the hard limit is too low, a max_connections the
-    file sets is refused, and the default one is lowered to fit (as HAProxy derives its maxconn
-    from the limit). Returns the config to run with."""
+    sockets. RLIMIT_NOFILE is per process, so it must fit one worker's share, not the sum over
+    workers; the sum (x worker_count) is compared with the system-wide fs.file-max, and only
+    warned about: a host rarely has every worker full at once. Raise the soft limit to fit.
+    When the hard limit is too low, a max_connections the file sets is refused, and the default
+    one is lowered to fit (as HAProxy derives its maxconn from the limit). Returns the config to
+    run with."""
     needed = config.max_connections * FDS_PER_CONNECTION + FDS_MARGIN
+    _warn_over_file_max(needed * config.worker_count)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= needed:
         return config
@@ -73,6 +77,17 @@ def fit_fd_limit(config):
     log.warning("max_connections lowered from %d to %d per worker to fit the file descriptor "
                 "hard limit (ulimit -Hn) of %d", config.max_connections, fitted, hard)
     return dataclasses.replace(config, max_connections=fitted)
+
+
+def _warn_over_file_max(total: int) -> None:
+    try:
+        with open("/proc/sys/fs/file-max") as file:
+            file_max = int(file.read())
+    except (OSError, ValueError):
+        return
+    if total > file_max:
+        log.warning("max_connections x worker_count needs up to %d file descriptors, more than the "
+                    "system allows in all (fs.file-max = %d)", total, file_max)
 
 
 def bind_listeners(state: ConfigState) -> dict:

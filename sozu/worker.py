@@ -22,11 +22,13 @@ lets in-flight requests finish within the grace period, then exits. A hard stop 
 from __future__ import annotations
 
 import encodings.idna  # noqa: F401 - used by host.encode("idna"); imported before the sandbox
+import collections
 import logging
 import os
 import signal
 import socket as stdsocket
 import sys
+import time
 
 import gevent
 import gevent.event
@@ -50,6 +52,8 @@ log = logging.getLogger("sozu.worker")
 EXIT_OK = 0
 CAPACITY_TICK = 0.1  # s: a connection waiting while every worker is full is refused within this
 REFUSE_BATCH = 256    # connections refused per listener per tick, so refusing never starves serving
+LINGER_TIME = 1.0     # s: a refused HTTP connection stays open this long for the client to close it
+LINGER_MAX = 128      # refused connections lingering at once, at most (fds: within FDS_MARGIN)
 EXIT_SANDBOX_FAILED = 3  # named so the master can tell a boot failure from a crash
 
 
@@ -93,6 +97,7 @@ class Worker:
         self.backend_pool = BackendPool()
         self.metrics = Metrics()
         self.idle_sockets: set = set()
+        self.lingering: collections.deque = collections.deque()  # refused: (deadline, socket)
         self.draining = False
         self.stopped = gevent.event.Event()
         self.load_board = load_board
@@ -245,6 +250,8 @@ class Worker:
                 self.load_board.publish(self.worker_id, load, limit)
                 if load >= limit and self.load_board.everyone_full():
                     self.refuse_waiting()
+            if self.lingering:
+                self.close_lingering()
             gevent.sleep(CAPACITY_TICK)
 
     def refuse_waiting(self) -> None:
@@ -260,9 +267,25 @@ class Worker:
                     log.warning("refusing on %s failed: %s", address, error)
                     break
                 self.metrics.incr("refused_connections")
-                with conn:
-                    if info.protocol == "http":
-                        _refuse_http(conn)
+                if info.protocol != "http":  # TLS and TCP: closed, nothing to say
+                    conn.close()
+                    continue
+                _refuse_http(conn)
+                if len(self.lingering) >= LINGER_MAX:
+                    self.lingering.popleft()[1].close()
+                self.lingering.append((time.monotonic() + LINGER_TIME, conn))
+
+    def close_lingering(self) -> None:
+        """A refused HTTP connection is closed once the client has closed its side, or after
+        LINGER_TIME: closed while the client's request is still arriving, it would be reset, and
+        the reset can destroy the 503 before the client reads it."""
+        now = time.monotonic()
+        for _ in range(len(self.lingering)):
+            deadline, conn = self.lingering.popleft()
+            if now >= deadline or _drained(conn):
+                conn.close()
+            else:
+                self.lingering.append((deadline, conn))
 
     def query(self, query: dict):
         return answer_query(self.state, query)
@@ -307,16 +330,31 @@ class Worker:
         return EXIT_OK
 
 
+_SCRATCH = bytearray(4096)  # what refused clients send is read into this, and dropped
+
+
 def _refuse_http(conn) -> None:
-    """503 and close, with no greenlet and no buffer: what the client already sent is read and
-    dropped first, so that closing does not turn into a reset that could eat the answer."""
+    """503 and close our side, with no greenlet and no buffer of its own. The request may not
+    have arrived yet: the answer does not wait for it (the connection lingers, close_lingering)."""
     conn.setblocking(False)
     try:
-        conn.recv(65536)
+        _drained(conn)
         conn.send(answers.OVER_CAPACITY)
         conn.shutdown(stdsocket.SHUT_WR)
     except OSError:
         log.debug("a refused client went away first")
+
+
+def _drained(conn) -> bool:
+    """Read and drop what the client sent; True once it has closed its side (or is gone)."""
+    try:
+        while conn.recv_into(_SCRATCH):
+            pass
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _gevent_socket(sock):
