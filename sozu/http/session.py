@@ -302,7 +302,7 @@ class HttpSession:
             self.exchange.backend = backend.address
             return backend, connection, False
         ctx.event("NO_AVAILABLE_BACKENDS", app_id, None)
-        raise Answer(503, body=self.answer_503(application))
+        raise Answer(503, "no backend could be reached", body=self.answer_503(application))
 
     def answer_503(self, application) -> bytes | None:
         if application.get("answer_503"):
@@ -694,23 +694,29 @@ def serve(ctx, listener, sock, client_address) -> None:
     except Answer as answer:
         if not session.response_started:
             _send_error(session, answer.status, answer.body or answers.default_answer(answer.status, answer.detail))
-        if answer.status >= 500:
-            log.warning("%s: %d %s", session.client_ip, answer.status, answer.detail)
-        elif answer.status in (301, 404):  # routine: the access log says enough
-            log.debug("%s: %d %s", session.client_ip, answer.status, answer.detail)
-        else:
-            log.info("%s: %d %s", session.client_ip, answer.status, answer.detail)
+        level = (logging.WARNING if answer.status >= 500 else
+                 logging.DEBUG if answer.status in (301, 404) else logging.INFO)  # 301/404: routine
+        log.log(level, "%s: %d %s", _describe(session), answer.status, answer.detail)
     except ClientGone as gone:
-        log.debug("%s: connection ended: %s", session.client_ip, gone)
+        log.debug("%s: connection ended: %s", _describe(session), gone)
     except Aborted as aborted:
-        log.warning("%s: response aborted: %s", session.client_ip, aborted)
+        log.warning("%s: response aborted: %s", _describe(session), aborted)
     except Exception:
-        log.exception("%s: unexpected error; the connection is closed", session.client_ip)
+        log.exception("%s: unexpected error; the connection is closed", _describe(session))
         if not session.response_started:
             _send_error(session, 500, answers.default_answer(500))
     finally:
         session.finish_exchange()
         sock.close()
+
+
+def _describe(session) -> str:
+    """`client METHOD host/path -> backend`: which request a log line is about."""
+    exchange = session.exchange
+    if exchange is None or exchange.path == b"-":  # no request head parsed
+        return session.client_ip
+    return (f"{session.client_ip} {exchange.method.decode('latin-1')} {exchange.host}"
+            f"{exchange.path.decode('latin-1')} -> {exchange.backend}")
 
 
 def _send_error(session, status: int, data: bytes) -> None:
