@@ -14,6 +14,10 @@ when all have applied it, ERROR naming the workers that refused or did not answe
 ctl_command_timeout. Queries (STATUS, METRICS, QUERY) are Tasks too, whose answer merges the
 workers' data. A worker that refuses an order the master accepted is out of step with the state:
 it is replaced by a fresh one, forked from the current state.
+
+LOAD_STATE is a change like the others, whose orders are the difference between the running state
+and the file's (ConfigState.diff). With automatic_state_save, saved_state is rewritten (atomically)
+after every change, once its orders are on their way to the workers.
 """
 from __future__ import annotations
 
@@ -265,6 +269,7 @@ class CommandServer:
                                    "send this change again, to the new master")
             self.apply_state_order(order)
             self.fan_out(client, request.id, [order], self._finish_state_change, request.worker_id)
+            self.autosave()
         elif order.type in ("SOFT_STOP", "HARD_STOP"):
             how = "soft" if order.type == "SOFT_STOP" else "hard"
             if request.worker_id is None:
@@ -313,8 +318,16 @@ class CommandServer:
             raise
         if order.type == "REMOVE_LISTENER":
             self.master.close_listener_socket(order.data["front"])
+
+    def autosave(self) -> None:
+        """automatic_state_save: the saved state follows every change. Saving comes after the
+        fan-out, and a failure is only logged: the change is made, in the master and in the
+        workers, and a state file that could not be written must not split them."""
         if self.config.automatic_state_save and self.config.saved_state:
-            self.save_state(self.config.saved_state)
+            try:
+                self.save_state(self.config.saved_state)
+            except MessageError as error:
+                log.error("automatic state save failed: %s", error)
 
     def fan_out(self, client: Client, request_id: str, orders: list[Order], finish, worker_id=None) -> None:
         workers = [w for w in self.master.workers.values() if w.state != "stopping"
@@ -419,27 +432,76 @@ class CommandServer:
 
     # -- state files -------------------------------------------------------------------------
     def save_state(self, path: str) -> int:
+        """Atomically: a temporary file beside it, written and fsynced, renamed over it, and
+        the directory fsynced, so that a reader (or a crash) sees the old file or the new one."""
         orders = self.master.state.to_orders()
         data = dump_orders(orders)
         tmp = f"{path}.tmp.{os.getpid()}"
-        with open(tmp, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, path)
+        except OSError as error:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                log.debug("no temporary state file %s to remove", tmp)
+            raise MessageError(f"cannot save the state to {path}: {error.strerror or error}") from None
+        try:
+            directory = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        except OSError as error:  # some file systems cannot fsync a directory
+            log.debug("could not fsync the directory of %s: %s", path, error)
         return len(orders)
 
     def load_state(self, client: Client, request: Request) -> None:
+        """Apply the difference between the running state and the file's, as one fan-out. An
+        order of the difference that the master refuses (a port now in use) stops the load:
+        the orders before it are applied everywhere, and the answer says where it stopped."""
         path = request.data["path"]
-        with open(path, "rb") as file:
-            target = ConfigState.from_orders(load_orders(file.read()))
+        if self.master.upgrade is not None:
+            raise MessageError("an upgrade is in progress: the new master has its own copy of the "
+                               "state; load the file again once it answers")
+        try:
+            with open(path, "rb") as file:
+                data = file.read()
+        except OSError as error:
+            raise MessageError(f"cannot read the state file {path}: {error.strerror or error}") from None
+        try:
+            target = ConfigState.from_orders(load_orders(data))
+        except (MessageError, StateError) as error:
+            raise MessageError(f"{path}: {error}") from None
         orders = self.master.state.diff(target)
-        for order in orders:
-            self.apply_state_order(order)
         if not orders:
-            client.send(_answer(request.id, "OK", "the state is already the one in the file"))
+            client.send(_answer(request.id, "OK", f"the state is already the one in {path}"))
             return
-        self.fan_out(client, request.id, orders, self._finish_state_change)
+        applied, failure = [], None
+        for order in orders:
+            try:
+                self.apply_state_order(order)
+            except StateError as error:
+                failure = f"order {len(applied) + 1} of {len(orders)} ({order.type}) was refused: {error}"
+                break
+            applied.append(order)
+        if not applied:
+            raise MessageError(f"{path}: {failure}; nothing was changed")
+
+        def finish(task: Task, missing) -> dict:
+            errors = self._errors(task, missing)
+            if failure is not None:
+                errors.insert(0, f"{path}: {failure}; the {len(applied)} orders before it were applied")
+            if errors:
+                return _answer(task.request_id, "ERROR", "; ".join(errors))
+            return _answer(task.request_id, "OK", f"loaded {path}: {len(applied)} orders (the "
+                                                  f"difference) applied by {len(task.answers)} workers")
+
+        self.fan_out(client, request.id, applied, finish)
+        self.autosave()
 
     # -- events ------------------------------------------------------------------------------
     def publish_event(self, worker_id: int, data) -> None:
