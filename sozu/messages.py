@@ -197,7 +197,7 @@ def normalize_address(value: str) -> str:
         raise ValueError(f'expected "IP:PORT", got {_show(value)} (not an IP address)') from None
     port = int(port_text)
     if not 1 <= port <= 65535:
-        raise ValueError(f'expected "IP:PORT" with a port 1..65535, got {_show(value)}')
+        raise ValueError(f'expected "IP:PORT", got {_show(value)} (the port must be 1..65535)')
     return f"[{ip}]:{port}" if v6 is not None else f"{ip}:{port}"
 
 
@@ -566,7 +566,7 @@ class Request:
                 raise MessageError("request: data: expected an order, got null")
             data = Order.from_json(obj["data"])
         elif kind in _REQUEST_DATA:
-            data = _field("request", obj, "data", _REQUEST_DATA[kind], None)
+            data = _field("request", {"data": obj.get("data")}, "data", _REQUEST_DATA[kind])
         else:
             raise MessageError(f"request: type: unknown request type {_show(kind)}")
         return cls(request_id, kind, data, worker_id, version)
