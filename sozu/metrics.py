@@ -11,11 +11,14 @@ import bisect
 # Upper bounds of the buckets, in milliseconds; the last bucket is open-ended.
 BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000)
 PERCENTILES = (50, 90, 99, 99.9)
+# Always in a snapshot, zero or not, so that an operator sees them before the first request.
+CORE_COUNTERS = ("requests", "status_1xx", "status_2xx", "status_3xx", "status_4xx", "status_5xx",
+                 "bytes_in", "bytes_out", "backend_connect_errors")
 
 
 class Metrics:
     def __init__(self):
-        self.counters: dict[str, int] = {}
+        self.counters: dict[str, int] = dict.fromkeys(CORE_COUNTERS, 0)
         self.request_times = [0] * (len(BUCKETS_MS) + 1)
 
     def incr(self, name: str, value: int = 1) -> None:
@@ -36,7 +39,7 @@ class Metrics:
         self.request_times[bisect.bisect_left(BUCKETS_MS, ms)] += 1
 
     def clear(self) -> None:
-        self.counters.clear()
+        self.counters = dict.fromkeys(CORE_COUNTERS, 0)
         self.request_times = [0] * (len(BUCKETS_MS) + 1)
 
     def snapshot(self, gauges: dict[str, int] | None = None) -> dict:
