@@ -1,13 +1,14 @@
 """Idle keep-alive connections to backends, per worker (gevent sockets; worker only).
 
 A connection goes back to the pool only when its response was read to the end and nothing more
-arrived. Before one that sat idle for a while is reused it is checked with a non-blocking
-MSG_PEEK: a backend that closed it while idle (keepalive_timeout) shows end-of-file there, and
-the connection is dropped instead of costing a request. A connection idle for less than
-CHECK_AFTER is reused without that system call: backends do not time out connections that
-young, and close after N requests with `Connection: close`, which the session honours. What the
-check cannot see (the close racing the reuse) the session handles by retrying requests that may
-be repeated.
+arrived. Before one is reused it is checked with a non-blocking MSG_PEEK: a backend that closed
+it while idle (keepalive_timeout, a restart) shows end-of-file there, and the connection is
+dropped instead of costing a request. A connection idle for less than CHECK_AFTER is reused
+without that system call when the request may be repeated: backends rarely close connections
+that young, and when one did, the session retries such a request on a fresh connection. A
+request that may not be repeated (a POST, a body already read) is always checked. What the check
+cannot see (the close racing the reuse) the session handles by retrying requests that may be
+repeated.
 """
 from __future__ import annotations
 
@@ -24,13 +25,15 @@ class BackendPool:
         self.max_idle = max_idle_per_backend
         self.idle: dict[str, list] = defaultdict(list)
 
-    def get(self, address: str):
+    def get(self, address: str, replayable: bool = False):
+        """An idle connection to address, or None. replayable: the request may be sent again
+        on a fresh connection if this one turns out closed."""
         connections = self.idle.get(address)
         if connections:
-            now = time.monotonic()
+            young = time.monotonic() - CHECK_AFTER if replayable else float("inf")
             while connections:
                 connection = connections.pop()
-                if now - connection.idle_since < CHECK_AFTER or _alive(connection):
+                if connection.idle_since > young or _alive(connection):
                     return connection
                 connection.close()
         return None

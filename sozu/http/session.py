@@ -248,9 +248,10 @@ class HttpSession:
         sticky = application["sticky_session"]
         sticky_id = self.sticky_cookie(head) if sticky else None
         framer = self.check_chunked_start() if head.chunked else None
+        replayable = not body and head.method in IDEMPOTENT
         fresh = False
         while True:
-            backend, connection, reused = self.connect_backend(app_id, application, sticky_id, fresh)
+            backend, connection, reused = self.connect_backend(app_id, application, sticky_id, fresh, replayable)
             try:
                 self.forward_request(head, connection, body, sticky, framer)
                 self.forward_response(head, application, backend, connection, sticky_id)
@@ -259,7 +260,7 @@ class HttpSession:
                 # The backend closed an idle pooled connection as we reused it. A request whose
                 # body was not consumed and that may be repeated is retried on a fresh one.
                 connection.close()
-                if not (reused and not fresh and not body and head.method in IDEMPOTENT):
+                if not (reused and not fresh and replayable):
                     raise Answer(502, "the backend closed the connection without answering") from None
                 fresh = True
             except BaseException:
@@ -268,7 +269,7 @@ class HttpSession:
             finally:
                 ctx.balancer_release(app_id, backend)
 
-    def connect_backend(self, app_id, application, sticky_id, fresh: bool):
+    def connect_backend(self, app_id, application, sticky_id, fresh: bool, replayable: bool):
         """A connection to a backend of the application, trying each usable one once."""
         ctx, listener = self.ctx, self.listener
         backends = ctx.balancer.backends(app_id)
@@ -280,7 +281,7 @@ class HttpSession:
                 break
             tried.add(backend)
             backends.acquire(backend)
-            pooled = None if fresh else ctx.backend_pool.get(backend.address)
+            pooled = None if fresh else ctx.backend_pool.get(backend.address, replayable)
             if pooled is not None:
                 self.exchange.backend = backend.address
                 return backend, pooled, True

@@ -88,6 +88,17 @@ def test_a_backend_closing_its_idle_connections_costs_no_request(one_worker):
     assert new_backend_connections(one_worker, two) == 1
 
 
+def test_a_post_right_after_the_backend_closed_its_idle_connection_succeeds(one_worker):
+    """A request that could not be repeated must not be sent on a pooled connection that the
+    backend has already closed, however recently it was used."""
+    for _ in range(3):
+        assert request(one_worker.port, "GET", "/").status == 200
+        one_worker.backend.close_connections()
+        wait_for(lambda: one_worker.backend.open_connections == 0, what="the backend to close")
+        response = request(one_worker.port, "POST", "/", body=b"not twice")
+        assert response.status == 200, response
+
+
 def test_client_connection_close_is_honoured(one_worker):
     with socket.create_connection(("127.0.0.1", one_worker.port), timeout=5) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
