@@ -3,7 +3,9 @@
 The master's end is non-blocking and driven by its selectors loop: it queues outgoing bytes and
 writes what the socket takes, so a stuck worker can never block the master. The worker's end is a
 gevent socket read by one greenlet. Listening sockets added at runtime travel as SCM_RIGHTS
-ancillary data attached to the message that names them (`"fds": N` in the message).
+ancillary data attached to the message that names them (`"fds": N` in the message): the master
+queues a duplicate of each descriptor with the offset of that message in its outbox, and sends it
+with the message's first byte, whenever the socket takes it.
 
 Messages are the command socket's own requests and answers (sozu.messages), so an order travels
 from sozuctl to every worker without being translated.
@@ -11,6 +13,7 @@ from sozuctl to every worker without being translated.
 from __future__ import annotations
 
 import array
+import os
 import socket
 
 from sozu.messages import Decoder, encode
@@ -49,16 +52,14 @@ class MasterChannel(_Framing):
         sock.setblocking(False)
         super().__init__(sock, max_size)
         self.outbox = bytearray()
+        # [offset in outbox, descriptors]: ancillary data rides with the first byte it is sent
+        # with, so each set goes with the first byte of its message, and never earlier.
+        self.fd_marks: list[list] = []
 
     def send(self, message: dict, fds: tuple[int, ...] = ()) -> None:
-        data = encode(message)
-        if fds:
-            # Ancillary data rides with the first byte it is sent with: flush what is queued so
-            # that the descriptors arrive attached to this very message.
-            self.flush_blocking()
-            sent = self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
-            data = data[sent:]
-        self.outbox += data
+        if fds:  # duplicates: the listener may be closed before the worker can take it
+            self.fd_marks.append([len(self.outbox), [os.dup(fd) for fd in fds]])
+        self.outbox += encode(message)
         self.flush()
 
     @property
@@ -67,25 +68,21 @@ class MasterChannel(_Framing):
 
     def flush(self) -> None:
         while self.outbox:
+            marks = self.fd_marks
             try:
-                sent = self.sock.send(self.outbox)
+                if marks and marks[0][0] == 0:
+                    fds = array.array("i", marks[0][1])
+                    sent = self.sock.sendmsg([self.outbox], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+                    _close_all(marks.pop(0)[1])
+                else:  # up to the next message with descriptors, which must start a send
+                    sent = self.sock.send(self.outbox[:marks[0][0]] if marks else self.outbox)
             except BlockingIOError:
                 return
             except OSError as error:
                 raise ChannelClosed(str(error)) from None
             del self.outbox[:sent]
-
-    def flush_blocking(self) -> None:
-        if self.outbox:
-            self.sock.setblocking(True)
-            try:
-                self.sock.settimeout(1.0)
-                self.sock.sendall(self.outbox)
-                self.outbox.clear()
-            except OSError as error:
-                raise ChannelClosed(str(error)) from None
-            finally:
-                self.sock.setblocking(False)
+            for mark in marks:
+                mark[0] -= sent
 
     def receive(self) -> list:
         messages = []
@@ -101,7 +98,18 @@ class MasterChannel(_Framing):
             messages += self.decoder.feed(data)
 
     def close(self) -> None:
+        for _, fds in self.fd_marks:
+            _close_all(fds)
+        self.fd_marks.clear()
         self.sock.close()
+
+
+def _close_all(fds) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass  # already closed: nothing to release
 
 
 class WorkerChannel(_Framing):

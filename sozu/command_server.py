@@ -346,6 +346,8 @@ class CommandServer:
                 if self.master.send_to_worker(worker, message, fds):
                     task.pending[message_id] = worker.id
                     self.tasks[message_id] = task
+                else:  # dying: reaped and replaced from the current state, but it did not apply this
+                    task.answers[worker.id] = {"status": "ERROR", "message": "its channel is closed"}
         if not task.pending:
             task.done()
 

@@ -8,8 +8,10 @@ keep-alive load, a stream of changes costs no request.
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import threading
@@ -294,3 +296,63 @@ def test_a_worker_that_refuses_an_accepted_order_is_replaced(tmp_path):
         assert "refused ADD_APPLICATION (this worker refuses poison): replacing it" in sozu.log()
     finally:
         sozu.stop()
+
+
+def test_a_listener_sent_to_a_stuck_worker_blocks_nobody_and_arrives_later(proxy, backends):
+    """The listener's descriptor waits in the channel's outbox like any message: the master goes
+    on serving while the worker is stopped, and the worker gets the socket when it runs again."""
+    victim = proxy.workers()[0]
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    filler = "x" * 200_000  # a few of these fill the socketpair's buffers
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.connect(proxy.socket_path)
+    conn.settimeout(10)
+    os.kill(victim["pid"], signal.SIGSTOP)
+    try:
+        orders = [("ADD_APPLICATION", {"app_id": f"filler-{i}", "answer_503": filler}) for i in range(4)]
+        orders += [("ADD_HTTP_LISTENER", {"front": address}),
+                   ("ACTIVATE_LISTENER", {"front": address, "proxy": "HTTP"}),
+                   ("ADD_HTTP_FRONT", {"app_id": "app", "address": address, "hostname": "stuck.example"})]
+        started = time.monotonic()
+        conn.sendall(b"".join(json.dumps({"id": f"s{i}", "version": 0, "type": "PROXY",
+                                          "data": {"type": kind, "data": data}}).encode() + b"\0"
+                              for i, (kind, data) in enumerate(orders)))
+        for _ in range(3):  # the master answers others at once meanwhile
+            begun = time.monotonic()
+            assert proxy.command({"id": "w", "version": 0, "type": "LIST_WORKERS"}, timeout=2)["status"] == "OK"
+            assert time.monotonic() - begun < 0.3
+        answers, buf = {}, b""
+        while len(answers) < len(orders):
+            buf += conn.recv(65536)
+            while b"\0" in buf:
+                raw, buf = buf.split(b"\0", 1)
+                answer = json.loads(raw)
+                answers[answer["id"]] = answer
+        elapsed = time.monotonic() - started
+    finally:
+        os.kill(victim["pid"], signal.SIGCONT)
+        conn.close()
+    assert {a["message"] for a in answers.values()} == {
+        f"worker {victim['id']}: no answer within the command timeout"}
+    assert elapsed < COMMAND_TIMEOUT_MS / 1000 + 1
+    # once running again, the worker applies everything, the listener's socket included
+    wait_for(lambda: hashes_agree(proxy), 5, what="the stopped worker to catch up")
+    assert victim["pid"] in [w["pid"] for w in proxy.workers()]
+    served = set()
+
+    def both_serve():
+        for _ in range(8):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/", headers={"Host": "stuck.example"})
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 200
+            conn.close()
+        served.update(line.split()[2] for line in proxy.log().splitlines()
+                      if " ACCESS " in line and "stuck.example" in line)
+        return served >= {"WRK-0", "WRK-1"}
+    wait_for(both_serve, 10, what="both workers to serve the listener")
+    for i in range(4):
+        assert proxy.order("REMOVE_APPLICATION", f"filler-{i}")["status"] == "OK"
+    assert proxy.order("REMOVE_LISTENER", {"front": address, "proxy": "HTTP"})["status"] == "OK"
