@@ -104,6 +104,10 @@ class StaleConnection(Exception):
     """A backend connection closed before any byte of the response."""
 
 
+class BackendStoppedReading(Exception):
+    """Sending the request body failed: the backend may have answered early (413, 401)."""
+
+
 class BackendSocket(socket.socket):
     """A backend connection, with the bytes read from it that no response has used yet."""
 
@@ -140,6 +144,7 @@ class HttpSession:
         self.keep_alive = True
         self.exchange: Exchange | None = None
         self.request_id = b"-"
+        self.body_unread = False  # the client may still be sending: read it before closing
 
     # -- the request loop -------------------------------------------------------------------
     def run(self) -> None:
@@ -396,10 +401,17 @@ class HttpSession:
             # Like nginx: sozu says "continue" itself once a backend is ready, so a backend
             # that ignores Expect cannot leave the client waiting.
             self.client_send(CONTINUE)
-        if framer is not None:
-            self.copy_chunked_request(connection, framer)
-        else:
-            self.copy_request_length(connection, head.content_length)
+        try:
+            if framer is not None:
+                self.copy_chunked_request(connection, framer)
+            else:
+                self.copy_request_length(connection, head.content_length)
+        except BackendStoppedReading as stopped:
+            # Its answer, if it sent one, is forwarded; the client's connection then ends, since
+            # the rest of its body was never read.
+            log.debug("%s: %s; reading its answer", _describe(self), stopped)
+            self.keep_alive = False
+            self.body_unread = True
 
     def copy_request_length(self, connection, remaining: int) -> None:
         buf, exchange = self.buf, self.exchange
@@ -454,7 +466,7 @@ class HttpSession:
         except socket.timeout:
             raise Answer(504, "the backend stopped reading the request body") from None
         except OSError as error:
-            raise Answer(502, f"sending to the backend failed: {error}") from None
+            raise BackendStoppedReading(f"sending the request body failed: {error}") from None
 
     # -- response ---------------------------------------------------------------------------
     def read_response_head(self, connection, method: bytes):
@@ -535,8 +547,9 @@ class HttpSession:
             self.tunnel(connection)
             return
         clean = self.copy_response_body(response, connection, head_bytes)
-        # An HTTP/1.0 request told the backend to close, whatever its answer says.
-        if clean and response.keep_alive and not http10 and not connection.pending:
+        # An HTTP/1.0 request told the backend to close, whatever its answer says; a request
+        # whose body could not all be sent left the connection in an unknown state.
+        if clean and response.keep_alive and not (http10 or connection.pending or self.body_unread):
             self.ctx.backend_pool.put(backend.address, connection)
         else:
             connection.close()
@@ -708,6 +721,8 @@ def serve(ctx, listener, sock, client_address) -> None:
             _send_error(session, 500, answers.default_answer(500))
     finally:
         session.finish_exchange()
+        if session.body_unread:
+            _linger(sock)
         sock.close()
 
 
@@ -729,11 +744,21 @@ def _send_error(session, status: int, data: bytes) -> None:
         sock.settimeout(1)
         sock.sendall(data)
         session.exchange.bytes_out += len(data)
+    except OSError:
+        return  # the client is gone already: the answer was only a courtesy
+    session.body_unread = True  # after an error, whatever the client still sends is unread
+
+
+def _linger(sock) -> None:
+    """Half-close, then read and drop what the client still sends, for LINGER_SECONDS at most:
+    closing with unread input makes the kernel reset the connection, and the reset can destroy
+    the answer before the client has read it (nginx's lingering_close)."""
+    try:
         sock.shutdown(socket.SHUT_WR)
         deadline = time.monotonic() + LINGER_SECONDS
         while (remaining := deadline - time.monotonic()) > 0:
             sock.settimeout(remaining)
             if not sock.recv(65536):
-                break
+                return
     except OSError:
-        pass  # the client is gone already, or too slow to go: the answer was only a courtesy
+        pass  # the client is gone, or too slow to go: it had its answer

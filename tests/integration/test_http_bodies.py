@@ -216,3 +216,21 @@ def test_a_client_that_stops_reading_does_not_stop_the_worker(proxy1):
         time_start = time.monotonic()
         assert request(proxy1.port, "GET", "/size/10").body == b"x" * 10
         assert time.monotonic() - time_start < 2
+
+
+def test_a_backend_answering_before_reading_the_whole_body_is_heard(tmp_path, sozu):
+    """A backend that refuses a big upload (413) and closes without reading it: the client gets
+    that answer, not a 502, and the connection then closes (its body was not all read)."""
+    def respond(conn, data):
+        conn.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large")
+
+    raw = RawBackend(respond)
+    port = free_port()
+    sozu(http_config(tmp_path, port, [raw.port], worker_count=1))
+    try:
+        for _ in range(2):
+            response = request(port, "POST", "/upload", body=b"u" * (8 << 20))
+            assert response.status == 413 and response.body == b"too large"
+            assert response.header("Connection") == "close"
+    finally:
+        raw.stop()
