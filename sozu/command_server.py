@@ -267,7 +267,10 @@ class CommandServer:
             if not master.last_generation:
                 raise MessageError("this master was replaced by an upgrade and is draining: "
                                    "send this change again, to the new master")
-            self.apply_state_order(order)
+            try:
+                self.apply_state_order(order)
+            finally:
+                master.close_retired_sockets()
             self.fan_out(client, request.id, [order], self._finish_state_change, request.worker_id)
             self.autosave()
         elif order.type in ("SOFT_STOP", "HARD_STOP"):
@@ -490,6 +493,7 @@ class CommandServer:
                 failure = f"order {len(applied) + 1} of {len(orders)} ({order.type}) was refused: {error}"
                 break
             applied.append(order)
+        self.master.close_retired_sockets()
         if not applied:
             raise MessageError(f"{path}: {failure}; nothing was changed")
 

@@ -76,6 +76,7 @@ class Master:
         self.config = config
         self.state = state
         self.sockets = sockets
+        self.retired_sockets: dict[str, socket.socket] = {}  # removed listeners, closed soon
         self.generation = generation
         self.sandbox_plan = sandbox_plan
         self.selector = selectors.DefaultSelector()
@@ -439,14 +440,24 @@ class Master:
             log.debug("%s was not registered", fileobj)
 
     # -- listeners added and removed at runtime ---------------------------------------------
+    # A removed listener's socket is only retired until the end of the request that removed it:
+    # when the same request adds the address again (a LOAD_STATE that changes a listener's
+    # settings), the socket is reused, because the workers still listen on their copies while
+    # the orders travel, and binding it anew would fail with "address in use".
     def add_listener_socket(self, address: str) -> None:
         if address not in self.sockets and address not in self.state.listeners:
-            self.sockets[address] = listeners.bind(address)
+            retired = self.retired_sockets.pop(address, None)
+            self.sockets[address] = retired if retired is not None else listeners.bind(address)
 
     def close_listener_socket(self, address: str) -> None:
         sock = self.sockets.pop(address, None)
         if sock is not None:
+            self.retired_sockets[address] = sock
+
+    def close_retired_sockets(self) -> None:
+        for sock in self.retired_sockets.values():
             sock.close()
+        self.retired_sockets.clear()
 
     def listener_fds(self, order) -> tuple[int, ...]:
         """A listener added at runtime travels to the workers with the order that adds it."""
@@ -471,6 +482,11 @@ class Master:
         for worker in self.workers.values():
             worker.state = "stopping"
             self._kill(worker.pid, sig)
+        # The master's copies of the listening sockets go too (the workers close theirs): new
+        # connections are refused, not queued for nobody. A newer generation keeps its own.
+        for sock in self.sockets.values():
+            sock.close()
+        self.sockets.clear()
 
     def finish_stop(self) -> bool:
         if not self.workers:

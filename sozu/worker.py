@@ -15,7 +15,7 @@ One greenlet reads the channel. Each order is applied with the same `ConfigState
 master uses, then the derived tables (router, balancer) are rebuilt from the state: they are never
 patched by hand, so they cannot drift from it. The answer goes back on the channel.
 
-Stopping: a soft stop closes this worker's copy of every listening socket (never shutdown(),
+Stopping: a soft stop closes this worker's copies of every listening socket (never shutdown(),
 which would stop the socket in every process that shares it), closes idle keep-alive connections,
 lets in-flight requests finish within the grace period, then exits. A hard stop exits now.
 """
@@ -298,11 +298,21 @@ class Worker:
         log.info("soft stop: draining %d connections", len(self.pool))
         for address in list(self.servers):
             self.stop_listener(address)
+        self.close_listening_copies()
         self.close_idle()
         grace = self.config.shutdown_grace_period
         if not self.pool.join(timeout=grace):
             log.warning("grace period of %ss over: closing %d connections", grace, len(self.pool))
         self.stopped.set()
+
+    def close_listening_copies(self) -> None:
+        """Once no process holds a listening socket, new connections are refused at once instead
+        of waiting in its backlog for nobody: a draining worker closes its copies. close(), never
+        shutdown(): a newer generation holds copies of its own, and goes on accepting."""
+        for sock in list(self.sockets.values()) + list(self.refusers.values()):
+            sock.close()
+        self.sockets.clear()
+        self.refusers.clear()
 
     def close_idle(self) -> None:
         """Idle keep-alive connections end now; their clients retry elsewhere."""

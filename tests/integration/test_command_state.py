@@ -254,3 +254,26 @@ def test_saved_state_is_rewritten_after_every_change_and_loaded_at_start(tmp_pat
         first.stop()
         second.stop()
         backend.stop()
+
+
+def test_load_state_changing_a_listeners_settings_rebinds_it_in_place(proxy, tmp_path):
+    """The difference removes the listener and adds it again: the master keeps its socket for the
+    new one (the workers still listen on theirs while the order travels), so the port is never
+    closed and the load does not fail on "address in use"."""
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    path = tmp_path / "new-settings.json"
+    ok(proxy.order("ADD_HTTP_LISTENER", {"front": address, "front_timeout": 20}))
+    ok(proxy.order("ACTIVATE_LISTENER", {"front": address, "proxy": "HTTP"}))
+    ok(proxy.order("ADD_HTTP_FRONT", {"app_id": "app", "address": address, "hostname": "moved.example"}))
+    ok(save(proxy, path))
+    ok(proxy.order("REMOVE_LISTENER", {"front": address, "proxy": "HTTP"}))
+    ok(proxy.order("ADD_HTTP_LISTENER", {"front": address, "front_timeout": 10}))
+    ok(proxy.order("ACTIVATE_LISTENER", {"front": address, "proxy": "HTTP"}))
+    assert status(port, "moved.example") == 404
+    answer = ok(load(proxy, path))
+    assert answer["message"] == f"loaded {path}: 4 orders (the difference) applied by 2 workers"
+    [listener] = [l for l in dump(proxy)["listeners"] if l["address"] == address]
+    assert listener["config"]["front_timeout"] == 20 and listener["active"]
+    assert [status(port, "moved.example") for _ in range(6)] == [200] * 6
+    ok(proxy.order("REMOVE_LISTENER", {"front": address, "proxy": "HTTP"}))

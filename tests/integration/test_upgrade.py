@@ -245,7 +245,10 @@ def test_sigusr2_upgrades_and_the_last_generation_removes_the_files(tmp_path, so
     s = sozu(_config(tmp_path, port, [b.port]))
     master = master_pid(s)
     s.signal(signal.SIGUSR2)
-    new = wait_for(lambda: master_pid(s) != master and master_pid(s), 15, what="a new master")
+    try:
+        new = wait_for(lambda: master_pid(s) != master and master_pid(s), 15, what="a new master")
+    except AssertionError:
+        raise AssertionError(s.log()[-4000:]) from None
     wait_for(lambda: not alive(master), 10, what="the old master to exit")
     assert s.process.wait(5) == 0
     # the old generation left the files to the new one

@@ -1,0 +1,126 @@
+"""Shutdown (DESIGN.md §8, issue #4.3): soft (`sozuctl shutdown`, SIGTERM) finishes what is in
+flight within the grace period; hard (`--hard`, SIGINT) is immediate; `--worker N` stops one
+worker for good; the last generation removes the socket and pid files."""
+from __future__ import annotations
+
+import http.client
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from tests.integration.harness import free_port, http_config, wait_for
+from tests.integration.load import alive, group_members
+from tests.integration.test_upgrade import get
+
+
+def _start(tmp_path, sozu, backend, grace: int = 5, worker_count: int = 2):
+    b = backend("b1")
+    port = free_port()
+    extra = f'pid_file_path = "{tmp_path}/sozu.pid"'
+    text = http_config(tmp_path, port, [b.port], worker_count=worker_count, extra=extra)
+    s = sozu(text.replace("shutdown_grace_period = 5", f"shutdown_grace_period = {grace}"))
+    s.port = port
+    return s
+
+
+class InFlight(threading.Thread):
+    """One request in flight, its outcome kept."""
+
+    def __init__(self, port: int, path: str):
+        super().__init__(daemon=True)
+        self.port, self.path = port, path
+        self.status = self.connection = self.error = None
+        self.start()
+        time.sleep(0.3)  # sent, and waiting for the backend
+
+    def run(self):
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+            conn.request("GET", self.path, headers={"Host": "localhost"})
+            response = conn.getresponse()
+            response.read()
+            self.status, self.connection = response.status, response.getheader("Connection")
+        except (OSError, http.client.HTTPException) as error:
+            self.error = error
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def _everything_gone(s) -> None:
+    wait_for(lambda: not group_members(s.process.pid), 10, what="every sozu process to exit")
+
+
+@pytest.mark.parametrize("how", ["sozuctl", "SIGTERM"])
+def test_soft_shutdown_finishes_in_flight_requests_and_refuses_new_ones(tmp_path, sozu, backend, how):
+    s = _start(tmp_path, sozu, backend)
+    slow = InFlight(s.port, "/slow/1.5")
+    started = time.monotonic()
+    if how == "sozuctl":
+        out = s.ctl("shutdown")
+        assert out.returncode == 0, out.stdout + out.stderr
+    else:
+        s.signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert _refused(s.port)  # no longer accepting, at once: not queued until the end
+    assert s.wait_exit(10) == 0
+    elapsed = time.monotonic() - started
+    slow.join(5)
+    assert (slow.status, slow.connection) == (200, "close"), slow.error
+    assert 1.0 < elapsed < 3.0, elapsed  # waited for the request, not for the grace period
+    _everything_gone(s)
+    assert not (tmp_path / "sozu.sock").exists() and not (tmp_path / "sozu.pid").exists()
+
+
+def test_soft_shutdown_is_bounded_by_the_grace_period(tmp_path, sozu, backend):
+    s = _start(tmp_path, sozu, backend, grace=1)
+    slow = InFlight(s.port, "/slow/8")
+    started = time.monotonic()
+    assert s.ctl("shutdown").returncode == 0
+    assert s.wait_exit(10) == 0
+    assert time.monotonic() - started < 2.5
+    slow.join(5)
+    assert slow.status is None and slow.error is not None  # closed when the grace period ended
+    _everything_gone(s)
+
+
+@pytest.mark.parametrize("how", ["sozuctl", "SIGINT"])
+def test_hard_shutdown_is_immediate(tmp_path, sozu, backend, how):
+    s = _start(tmp_path, sozu, backend)
+    slow = InFlight(s.port, "/slow/8")
+    started = time.monotonic()
+    if how == "sozuctl":
+        out = s.ctl("shutdown", "--hard")
+        assert out.returncode == 0, out.stdout + out.stderr
+    else:
+        s.signal(signal.SIGINT)
+    s.wait_exit(10)
+    assert time.monotonic() - started < 1.0
+    slow.join(5)
+    assert slow.status is None and slow.error is not None
+    _everything_gone(s)
+    assert not (tmp_path / "sozu.sock").exists() and not (tmp_path / "sozu.pid").exists()
+
+
+def test_shutdown_of_one_worker_is_not_respawned(tmp_path, sozu, backend):
+    s = _start(tmp_path, sozu, backend)
+    workers = {w["id"]: w["pid"] for w in s.workers()}
+    out = s.ctl("shutdown", "--worker", "1")
+    assert out.returncode == 0, out.stdout + out.stderr
+    wait_for(lambda: not alive(workers[1]), 5, what="worker 1 to exit")
+    time.sleep(1.5)  # longer than a respawn takes
+    assert [(w["id"], w["pid"], w["state"]) for w in s.workers()] == [(0, workers[0], "running")]
+    assert "worker 1" not in s.log().split("exited: exit code 0")[-1]  # nothing started since
+    for _ in range(20):
+        assert get(s.port)[0] == 200
+    assert s.ctl("shutdown", "--worker", "1").returncode == 1  # no such worker any more
+    assert s.ctl("shutdown").returncode == 0
+    assert s.wait_exit(10) == 0
