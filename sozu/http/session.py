@@ -16,22 +16,29 @@ A session loops over the requests of a keep-alive connection:
   -> give the backend connection back to the worker's pool when it can carry another request.
 
 Bodies are never held whole: Content-Length bodies are copied by count, chunked bodies are
-forwarded as they are while a ChunkedFramer checks their framing, read-until-close bodies end the
-client connection. Header lines that are only forwarded are not re-parsed; only hop-by-hop
-headers are removed, the sticky cookie taken out of Cookie, and the X-Forwarded-*/Forwarded/
-Sozu-Id headers added. An HTTP/1.0 request goes to the backend as HTTP/1.0 with
-`Connection: close` (that backend connection is not reused); a backend that answers it chunked
-anyway has its body forwarded as it is, with `Connection: close`.
+forwarded as they are while a ChunkedFramer checks their framing (what arrived with the head is
+checked before a backend is chosen, so a smuggling attempt sent in one piece reaches none),
+read-until-close bodies end the client connection. Header lines that are only forwarded are not
+re-parsed; only hop-by-hop headers are removed, the sticky cookie taken out of Cookie, and the
+X-Forwarded-*/Forwarded/Sozu-Id headers added. sozu answers its clients in HTTP/1.1 whatever the
+backend's version. An HTTP/1.0 request goes to the backend as HTTP/1.0 with `Connection: close`
+(that backend connection is not reused); a backend that answers it chunked anyway has its body
+forwarded as it is, with `Connection: close`.
 
-A pooled backend connection that the backend closed as it was reused (no byte of a response) is
-retried once on a fresh connection when the request has no body and may be repeated.
+Two failures are recovered from where they happen, not at the edge: a pooled backend connection
+that the backend closed as it was reused (no byte of a response) is retried once on a fresh one
+when the request has no body and may be repeated (`StaleConnection`; the pool skips its
+liveness check only for such requests); and a backend that stops reading the request body (it
+answered 413 or 401 early) still has its answer read and forwarded (`BackendStoppedReading`).
 
-Errors end the connection at one place, `serve()`: an `Answer` exception carries the status to
-answer (with `Connection: close`) if nothing of a response has been sent yet; a client that went
-away is closed quietly; anything else is a bug, logged once with its traceback and answered 500.
-Before closing after an error answer, the session reads what the client still sends for a moment
-(a "lingering close", as nginx does): closing with unread input makes the kernel reset the
-connection, and a reset can destroy the answer before the client has read it.
+Every other error ends the connection at one place, `serve()`: an `Answer` exception carries the
+status to answer (with `Connection: close`) if nothing of a response has been sent yet; a client
+that went away is closed quietly; a backend failing after the response head was sent (`Aborted`)
+ends the connection, which the client sees as a truncated body; anything else is a bug, logged
+once with its traceback and answered 500. When the client may still be sending (after an error
+answer, or an early backend answer), the session reads and drops its input for a moment before
+closing (a "lingering close", as nginx does): closing with unread input makes the kernel reset
+the connection, and a reset can destroy the answer before the client has read it.
 """
 from __future__ import annotations
 
@@ -500,7 +507,8 @@ class HttpSession:
         drop = RESPONSE_DROP.union(tokens - FRAMING) if tokens else RESPONSE_DROP
         if upgrade:
             drop = drop - {b"upgrade"}
-        lines = [response.version, b" ", b"%d" % response.status, b" ", response.reason, b"\r\n"]
+        # An intermediary sends its own HTTP version (RFC 9110 §6.2), whatever the backend's.
+        lines = [b"HTTP/1.1 %d " % response.status, response.reason, b"\r\n"]
         for name, value in response.headers:
             lname = name.lower()
             if lname in drop or lname.startswith(b"proxy-"):

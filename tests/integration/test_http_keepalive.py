@@ -221,3 +221,24 @@ def test_a_backend_connection_with_extra_bytes_is_not_reused(tmp_path, sozu):
         assert b.connections == 3
     finally:
         b.stop()
+
+
+def test_an_http10_backend_answer_keeps_the_client_connection(tmp_path, sozu):
+    """sozu speaks HTTP/1.1 to its clients whatever the backend's version, so an HTTP/1.1
+    client keeps the connection that sozu keeps open."""
+    def respond(conn, data):
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    raw = RawBackend(respond)
+    port = free_port()
+    sozu(http_config(tmp_path, port, [raw.port], worker_count=1))
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock, sock.makefile("rb") as reader:
+            for _ in range(2):
+                sock.sendall(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+                response = read_response(reader)
+                assert (response.version, response.body) == ("HTTP/1.1", b"ok")
+                assert response.header("Connection") is None
+        assert len(raw.received) == 2, "an HTTP/1.0 backend connection is not reused"
+    finally:
+        raw.stop()
