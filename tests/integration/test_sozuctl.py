@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -213,6 +214,43 @@ def test_state_save_dump_and_load(proxy, tmp_path):
         f"OK: the state is already the one in {path}"
     out = ctl(proxy, "state", "load", "-f", str(tmp_path / "absent.json"), code=1)
     assert "cannot read the state file" in out.stderr and "absent.json" in out.stderr
+
+
+def test_routing_follows_sozuctl_changes_under_keep_alive_load(proxy, backends):
+    b1, b2 = backends
+    failures, counts, running = [], {}, [True]
+
+    def load():
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+        while running[0]:
+            try:
+                conn.request("GET", "/", headers={"Host": "localhost"})
+                response = conn.getresponse()
+                response.read()
+                if response.status != 200:
+                    failures.append(response.status)
+                name = response.getheader("X-Backend")
+                counts[name] = counts.get(name, 0) + 1
+            except Exception as error:  # noqa: BLE001 - every error is a failed request
+                failures.append(repr(error))
+                conn.close()
+        conn.close()
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(4):
+            ctl(proxy, "backend", "add", "-i", "app", "--backend-id=extra", "-a", f"127.0.0.1:{b2.port}")
+            wait_for(lambda: "b2" in {get(proxy.port, "localhost")[1] for _ in range(4)}, 2,
+                     what="b2 to be routed to")
+            ctl(proxy, "backend", "remove", "-i", "app", "--backend-id=extra", "-a", f"127.0.0.1:{b2.port}")
+            assert {get(proxy.port, "localhost")[1] for _ in range(8)} == {"b1"}
+    finally:
+        running[0] = False
+        for t in threads:
+            t.join(5)
+    assert failures == []
+    assert counts.get("b1", 0) > 0 and counts.get("b2", 0) > 0, counts
 
 
 # -- what goes wrong -----------------------------------------------------------------------------
