@@ -21,7 +21,6 @@ after every change, once its orders are on their way to the workers.
 """
 from __future__ import annotations
 
-import errno
 import itertools
 import logging
 import os
@@ -115,24 +114,30 @@ class CommandServer:
 
     @staticmethod
     def _bind(path: str) -> socket.socket:
+        """Every failure is one OSError whose text names the path (start-up prints it)."""
         if os.path.exists(path):
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 probe.connect(path)
             except OSError:
-                os.unlink(path)  # stale: left by a master that is gone
+                pass  # stale: left by a master that is gone; replaced below
             else:
-                raise OSError(errno.EADDRINUSE, f"the command socket {path} is in use by a running sozu")
+                raise OSError(f"the command socket {path} is in use by a running sozu")
             finally:
                 probe.close()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)  # created 0600: the socket is the proxy's root shell
         try:
+            if os.path.exists(path):
+                os.unlink(path)
             sock.bind(path)
+            os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+            sock.listen(128)
+        except OSError as error:
+            sock.close()
+            raise OSError(f"cannot serve the command socket {path}: {error.strerror or error}") from None
         finally:
             os.umask(old_umask)
-        os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
-        sock.listen(128)
         return sock
 
     def attach(self, master) -> None:

@@ -117,13 +117,27 @@ def test_stale_socket_is_replaced_and_a_live_one_is_refused(tmp_path):
         assert first.order("STATUS")["status"] == "OK"
         second.start(wait=False)
         assert second.wait_exit(15) == 1
-        assert f"the command socket {path} is in use" in second.log()
+        assert f"sozu: the command socket {path} is in use by a running sozu" in second.log()
         assert "Traceback" not in second.log()
         assert first.order("STATUS")["status"] == "OK"  # the refused start took nothing away
         assert path.exists()
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_command_socket_that_cannot_be_bound_is_named(tmp_path):
+    path = tmp_path / "missing" / "sozu.sock"
+    config = http_config(tmp_path, free_port(), [free_port()], worker_count=1).replace(
+        f'command_socket = "{tmp_path}/sozu.sock"', f'command_socket = "{path}"')
+    sozu = Sozu(tmp_path, config)
+    try:
+        sozu.start(wait=False)
+        assert sozu.wait_exit(15) == 1
+        assert f"sozu: cannot serve the command socket {path}: No such file or directory" in sozu.log()
+        assert "Traceback" not in sozu.log()
+    finally:
+        sozu.stop()
 
 
 # -- framing and concurrency ---------------------------------------------------------------------
