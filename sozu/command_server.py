@@ -29,7 +29,7 @@ import socket
 import stat
 import time
 
-from sozu import logs
+from sozu import logs, tls
 from sozu.messages import (STATE_ORDERS, Decoder, FrameTooLarge, MessageError, Order, Request,
                            dump_orders, encode, load_orders)
 from sozu.metrics import aggregate
@@ -493,6 +493,7 @@ class CommandServer:
         applied, failure = [], None
         for order in orders:
             try:
+                tls.check_order(order)  # as for a single order: what no worker could serve
                 self.apply_state_order(order)
             except StateError as error:
                 failure = f"order {len(applied) + 1} of {len(orders)} ({order.type}) was refused: {error}"

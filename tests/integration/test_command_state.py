@@ -8,10 +8,11 @@ import json
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from sozu.messages import MessageError, load_orders
+from sozu.messages import MessageError, Order, dump_orders, load_orders
 from sozu.state import ConfigState
 from tests.integration.harness import Backend, Sozu, free_port, http_config, wait_for
 
@@ -277,3 +278,26 @@ def test_load_state_changing_a_listeners_settings_rebinds_it_in_place(proxy, tmp
     assert listener["config"]["front_timeout"] == 20 and listener["active"]
     assert [status(port, "moved.example") for _ in range(6)] == [200] * 6
     ok(proxy.order("REMOVE_LISTENER", {"front": address, "proxy": "HTTP"}))
+
+
+def test_load_state_checks_certificates_as_single_orders_do(proxy, tmp_path):
+    """A state file is no back door: a certificate whose key does not match is refused."""
+    data = Path(__file__).resolve().parents[1] / "data" / "config"
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    path = tmp_path / "mismatch.json"
+    ok(proxy.order("ADD_HTTPS_LISTENER", {"front": address}))
+    ok(save(proxy, path))
+    ok(proxy.order("REMOVE_LISTENER", {"front": address, "proxy": "HTTPS"}))
+    orders = load_orders(path.read_bytes())
+    orders.append(Order.from_json({"type": "ADD_CERTIFICATE", "data": {"front": address, "certificate": {
+        "certificate": (data / "cert.pem").read_text(), "key": (data / "other-key.pem").read_text()}}}))
+    path.write_bytes(dump_orders(orders))
+    before = dump(proxy)
+    answer = load(proxy, path)
+    assert answer["status"] == "ERROR"
+    assert answer["message"].startswith(f"{path}: order 2 of 2 (ADD_CERTIFICATE) was refused: ")
+    assert answer["message"].endswith("the 1 orders before it were applied")
+    after = dump(proxy)
+    assert after["certificates"] == before["certificates"] == []
+    ok(proxy.order("REMOVE_LISTENER", {"front": address, "proxy": "HTTPS"}))
