@@ -19,6 +19,10 @@ import socket
 from sozu.messages import Decoder, encode
 
 MAX_FDS_PER_MESSAGE = 16
+# Both ends are sozu: the limit only stops a runaway. It is not the command socket's limit on a
+# request, which a worker's answer (a QUERY of a large state) or an order read from a state file
+# may well exceed: over it, the message would be lost and the channel's stream broken.
+MIN_CHANNEL_MESSAGE_SIZE = 256 << 20
 
 
 class ChannelClosed(Exception):
@@ -28,7 +32,7 @@ class ChannelClosed(Exception):
 class _Framing:
     def __init__(self, sock, max_size: int):
         self.sock = sock
-        self.decoder = Decoder(max_size)
+        self.decoder = Decoder(max(max_size, MIN_CHANNEL_MESSAGE_SIZE))
         self.fds: list[int] = []  # received descriptors, in order, taken by messages naming them
 
     def _recv(self, size: int) -> bytes:

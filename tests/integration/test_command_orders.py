@@ -423,3 +423,16 @@ def test_soft_stop_of_one_worker(lone):
     assert get(lone.port, "localhost") == (200, "solo")
     assert ok(lone.order("ADD_APPLICATION", {"app_id": "still"}))["message"] == \
         "ADD_APPLICATION applied by 1 workers"
+
+
+def test_a_query_answer_larger_than_a_command_message_is_answered(proxy):
+    """The workers' answers are not bound by the command socket's limit on requests (1 MB
+    here): a QUERY of a large state comes back whole."""
+    big = "x" * 600_000
+    for i in range(2):
+        ok(proxy.order("ADD_APPLICATION", {"app_id": f"big-{i}", "answer_503": big}))
+    views = query(proxy)
+    assert [v["configuration"]["answer_503"] == big for v in views if v["app_id"].startswith("big-")] == [True] * 2
+    for i in range(2):
+        ok(proxy.order("REMOVE_APPLICATION", f"big-{i}"))
+    assert "error in the master loop" not in proxy.log()
