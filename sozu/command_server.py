@@ -272,6 +272,7 @@ class CommandServer:
             if not master.last_generation:
                 raise MessageError("this master was replaced by an upgrade and is draining: "
                                    "send this change again, to the new master")
+            tls.check_order(order)  # sozu.tls (#5): bad PEM, key mismatch, expired -> ERROR, no change
             try:
                 self.apply_state_order(order)
             finally:

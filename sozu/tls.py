@@ -62,8 +62,11 @@ ALPN = b"http/1.1"
 SESSION_TIMEOUT = 300  # s, like nginx's ssl_session_timeout
 MIN_RSA_BITS = 2048
 RECORD_SIZE = 16384  # plaintext bytes per TLS record: the unit of sendall
+# OP_IGNORE_UNEXPECTED_EOF: a client that closes without close_notify (most do) is an end of
+# stream, not a fatal error, so its session stays in the cache (OpenSSL drops the session of a
+# connection that failed). HTTP framing, not TLS, tells a truncated request.
 _OPTIONS = (SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_CIPHER_SERVER_PREFERENCE
-            | SSL.OP_NO_TICKET | SSL.OP_SINGLE_ECDH_USE)
+            | SSL.OP_NO_TICKET | SSL.OP_SINGLE_ECDH_USE | SSL.OP_IGNORE_UNEXPECTED_EOF)
 
 
 class CertificateError(StateError):
@@ -205,6 +208,7 @@ class ListenerContexts:
         self.session_context = _new_context(config, self.session_id)
         self.session_context.set_tlsext_servername_callback(self._on_servername)
         self.served: dict[str, _Served] = {}
+        self.unusable: set[str] = set()  # refused by OpenSSL: logged once, not retried
         self.order: list[str] = []  # fingerprints, the default first
         self.exact: dict[str, SSL.Context] = {}
         self.wildcard: dict[str, SSL.Context] = {}
@@ -212,14 +216,16 @@ class ListenerContexts:
 
     def update(self, certificates: dict[str, dict]) -> None:
         """Follow the state's certificates of this listener (fingerprint -> entry)."""
-        if certificates.keys() == self.served.keys():
+        self.unusable &= certificates.keys()
+        if certificates.keys() == self.served.keys() | self.unusable:
             return
         removed = [fp for fp in self.order if fp not in certificates]
-        added = [fp for fp in certificates if fp not in self.served]
+        added = [fp for fp in certificates if fp not in self.served and fp not in self.unusable]
         for fp in added:
             try:
                 self.served[fp] = self._build(fp, certificates[fp])
             except (CertificateError, SSL.Error, ValueError) as error:
+                self.unusable.add(fp)
                 log.error("cannot serve the certificate %s on %s: %s", fp, self.address, error)
         added = [fp for fp in added if fp in self.served]
         if len(removed) == 1 and len(added) == 1:  # a replacement keeps its place (the default)

@@ -36,7 +36,7 @@ import gevent.pool
 from gevent import socket as gsocket
 from gevent.server import StreamServer
 
-from sozu import logs
+from sozu import logs, tcp, tls
 from sozu.channel import ChannelClosed, WorkerChannel
 from sozu.http import answers
 from sozu.http.backend_pool import BackendPool
@@ -95,6 +95,7 @@ class Worker:
         self.listener_infos: dict[str, ListenerInfo] = {}
         self.balancer = Balancer()
         self.backend_pool = BackendPool()
+        self.tls = tls.TlsContexts()  # per https listener: SSL contexts, built on state changes
         self.metrics = Metrics()
         self.idle_sockets: set = set()
         self.lingering: collections.deque = collections.deque()  # refused: (deadline, socket)
@@ -133,6 +134,7 @@ class Worker:
         """Derive the routing tables from the state, and serve exactly the active listeners."""
         self.router = Router.from_state(self.state)
         self.balancer.update(self.state)
+        self.tls.update(self.state)
         for address, listener in self.state.listeners.items():
             self.listener_infos[address] = ListenerInfo(address, listener.protocol, listener.config)
         for address in list(self.servers):
@@ -164,9 +166,13 @@ class Worker:
         self.servers[address] = server
 
     def handler_for(self, info: ListenerInfo):
-        if info.protocol == "http":
-            return lambda sock, addr: serve_http(self, info, sock, addr)
-        raise NotImplementedError(f"{info.protocol} listeners are not served yet")
+        if info.protocol == "tcp":
+            return lambda sock, addr: tcp.serve(self, info, sock, addr)
+        if info.protocol == "https":  # the PROXY header, if expected, comes before the handshake
+            return lambda sock, addr: tls.serve(serve_http, self, info, sock, addr)
+        if info.expect_proxy:
+            return lambda sock, addr: tcp.serve_after_proxy_header(serve_http, self, info, sock, addr)
+        return lambda sock, addr: serve_http(self, info, sock, addr)
 
     def stop_listener(self, address: str) -> None:
         server = self.servers.pop(address, None)

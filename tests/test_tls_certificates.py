@@ -305,3 +305,14 @@ def test_sessions_are_resumed(ca, listener):
     _handshake(listener, client, "default.test", data=b"x")
     _, result = _handshake(listener, client, "default.test", data=b"x")
     assert result.get("value") is True, result
+
+
+def test_a_certificate_openssl_refuses_is_skipped_once_and_the_others_served(ca, caplog):
+    good, bad = ca.issue(["good.test"]), ca.issue(["bad.test"])
+    broken = dict(_entry(bad), key=key_pem(new_key()))  # a key that does not match
+    contexts = tls.ListenerContexts("127.0.0.1:8443", {})
+    contexts.update({bad.fingerprint: broken, good.fingerprint: _entry(good)})
+    contexts.update({bad.fingerprint: broken, good.fingerprint: _entry(good)})
+    assert list(contexts.served) == [good.fingerprint]
+    assert contexts.select("bad.test") is contexts.served[good.fingerprint].context
+    assert len([r for r in caplog.records if "cannot serve the certificate" in r.message]) == 1
