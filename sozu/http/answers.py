@@ -52,9 +52,12 @@ def default_answer(status: int, detail: str = "", extra_headers: tuple[tuple[str
 
 def custom_answer(text: str) -> bytes:
     """A listener's or application's answer file: raw HTTP, normalised to CRLF line endings in
-    its head; sent as it is, then the connection is closed."""
+    its head, its Connection header replaced by `Connection: close` (the connection is closed
+    after it, and the client must know not to send another request)."""
     head, sep, body = text.replace("\r\n", "\n").partition("\n\n")
-    return head.replace("\n", "\r\n").encode("utf-8") + b"\r\n\r\n" + body.encode("utf-8")
+    lines = [line for line in head.split("\n") if line.partition(":")[0].strip().lower() != "connection"]
+    lines.append("Connection: close")
+    return "\r\n".join(lines).encode("utf-8") + b"\r\n\r\n" + body.encode("utf-8")
 
 
 def redirect_answer(location: bytes) -> bytes:

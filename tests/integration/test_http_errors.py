@@ -34,7 +34,8 @@ def misbehaving(conn, data):
 @pytest.fixture(scope="module")
 def errors(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("errors")
-    (tmp / "503.http").write_text("HTTP/1.1 503 Service Unavailable\nContent-Length: 9\nConnection: close\n\n"
+    # no Connection header in the file: sozu closes after it, and says so
+    (tmp / "503.http").write_text("HTTP/1.1 503 Service Unavailable\nContent-Length: 9\nConnection: keep-alive\n\n"
                                   "listener\n")
     good = Backend("good")
     raw = RawBackend(misbehaving)
