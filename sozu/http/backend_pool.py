@@ -9,6 +9,10 @@ that young, and when one did, the session retries such a request on a fresh conn
 request that may not be repeated (a POST, a body already read) is always checked. What the check
 cannot see (the close racing the reuse) the session handles by retrying requests that may be
 repeated.
+
+Connections idle for longer than IDLE_TIMEOUT are closed, checked every PRUNE_EVERY seconds by
+`put`: without that, the connections to a backend that was removed (never asked for again) would
+stay open for the life of the worker, up to max_idle for every address it ever used.
 """
 from __future__ import annotations
 
@@ -18,12 +22,15 @@ from collections import defaultdict
 
 MAX_IDLE_PER_BACKEND = 64
 CHECK_AFTER = 1.0  # s of idleness after which a pooled connection is checked before reuse
+IDLE_TIMEOUT = 60.0  # s: an idle connection older than this is closed (nginx's keepalive_timeout)
+PRUNE_EVERY = 10.0  # s between two searches for such connections
 
 
 class BackendPool:
     def __init__(self, max_idle_per_backend: int = MAX_IDLE_PER_BACKEND):
         self.max_idle = max_idle_per_backend
         self.idle: dict[str, list] = defaultdict(list)
+        self.next_prune = time.monotonic() + PRUNE_EVERY
 
     def get(self, address: str, replayable: bool = False):
         """An idle connection to address, or None. replayable: the request may be sent again
@@ -42,8 +49,23 @@ class BackendPool:
         connections = self.idle[address]
         if len(connections) >= self.max_idle:
             connections.pop(0).close()
-        connection.idle_since = time.monotonic()
+        connection.idle_since = now = time.monotonic()
         connections.append(connection)
+        if now >= self.next_prune:
+            self.prune(now)
+
+    def prune(self, now: float) -> None:
+        """Close the connections idle for longer than IDLE_TIMEOUT (the oldest come first)."""
+        self.next_prune = now + PRUNE_EVERY
+        oldest_kept = now - IDLE_TIMEOUT
+        for address, connections in list(self.idle.items()):
+            stale = 0
+            while stale < len(connections) and connections[stale].idle_since < oldest_kept:
+                connections[stale].close()
+                stale += 1
+            del connections[:stale]
+            if not connections:
+                del self.idle[address]
 
     def drop(self, address: str) -> None:
         for connection in self.idle.pop(address, ()):
