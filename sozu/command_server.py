@@ -38,7 +38,9 @@ from sozu.state import ConfigState, StateError
 
 log = logging.getLogger("sozu.command")
 
-MAX_OUTBOX = 16 << 20  # a client that reads nothing is dropped past this
+# A client that reads nothing of what it asked for is dropped when it asks for more past this;
+# one answer, however large (the DUMP_STATE of a large state), is always sent whole.
+MAX_OUTBOX = 16 << 20
 
 
 class Client:
@@ -51,6 +53,9 @@ class Client:
 
     def send(self, answer: dict) -> None:
         if self.closed:
+            return
+        if len(self.outbox) > MAX_OUTBOX:
+            self.closed = True
             return
         self.outbox += encode(answer)
         self.flush()
@@ -65,8 +70,6 @@ class Client:
                 self.closed = True
                 return
             del self.outbox[:sent]
-        if len(self.outbox) > MAX_OUTBOX:
-            self.closed = True
 
 
 def _answer(request_id, status: str, message: str = "", data=None) -> dict:

@@ -135,6 +135,18 @@ class Master:
         for worker in list(self.workers.values()):
             if worker.channel.wants_write:
                 self._flush(worker)
+            self._watch_channel(worker)
+
+    def _watch_channel(self, worker: WorkerProcess) -> None:
+        """Watch a channel for room to write while it has bytes queued: an order larger than the
+        socket's buffer goes out as fast as the worker reads it, not one buffer per loop turn."""
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if worker.channel.wants_write else 0)
+        try:
+            key = self.selector.get_key(worker.channel.sock)
+        except (KeyError, ValueError):  # its channel is closed: reaping will follow
+            return
+        if key.events != events:
+            self.selector.modify(worker.channel.sock, events, key.data)
 
     # -- signals -----------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:

@@ -316,3 +316,17 @@ def test_a_certificate_openssl_refuses_is_skipped_once_and_the_others_served(ca,
     assert list(contexts.served) == [good.fingerprint]
     assert contexts.select("bad.test") is contexts.served[good.fingerprint].context
     assert len([r for r in caplog.records if "cannot serve the certificate" in r.message]) == 1
+
+
+def test_the_listener_cipher_list_and_versions_are_honoured(ca):
+    leaf = ca.issue(["c.test"])
+    contexts = tls.ListenerContexts("127.0.0.1:8443", {"cipher_list": "ECDHE-ECDSA-CHACHA20-POLY1305",
+                                                      "versions": ["TLSv1.2"]})
+    contexts.update({leaf.fingerprint: _entry(leaf)})
+
+    def client(sock):
+        with _client_context(ca).wrap_socket(sock, server_hostname="c.test") as s:
+            return s.version(), s.cipher()[0]
+
+    _, result = _handshake(contexts, client, "c.test")
+    assert result.get("value") == ("TLSv1.2", "ECDHE-ECDSA-CHACHA20-POLY1305"), result

@@ -436,3 +436,27 @@ def test_a_query_answer_larger_than_a_command_message_is_answered(proxy):
     for i in range(2):
         ok(proxy.order("REMOVE_APPLICATION", f"big-{i}"))
     assert "error in the master loop" not in proxy.log()
+
+
+def test_an_answer_larger_than_the_outbox_limit_is_sent_whole(proxy):
+    """16 MiB bounds what a client that never reads can pile up, not the size of one answer."""
+    text = "z" * 900_000
+    apps = [f"huge-{i}" for i in range(20)]  # an 18 MB state
+    try:
+        for app_id in apps:
+            ok(proxy.order("ADD_APPLICATION", {"app_id": app_id, "answer_503": text}))
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(proxy.socket_path)
+            sock.sendall(b'{"id": "d", "version": 0, "type": "DUMP_STATE"}\0')
+            buf = bytearray()
+            while not buf.endswith(b"\0"):
+                chunk = sock.recv(1 << 20)
+                assert chunk, f"closed after {len(buf)} bytes"
+                buf += chunk
+        assert len(buf) > 16 << 20
+        data = ok(json.loads(buf[:-1]))["data"]
+        assert [a["app_id"] for a in data["applications"] if a["app_id"].startswith("huge-")] == sorted(apps)
+    finally:
+        for app_id in apps:
+            proxy.order("REMOVE_APPLICATION", app_id)

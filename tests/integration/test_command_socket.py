@@ -350,3 +350,4 @@ def test_sozuctl_on_a_missing_socket_says_where(tmp_path):
     assert out.returncode == 2
     assert str(tmp_path / "sozu.sock") in out.stderr
     assert "Traceback" not in out.stderr
+
