@@ -87,7 +87,7 @@ class CertificateInfo:
 def check_certificate(certificate: str, key: str, chain=(), now: datetime.datetime | None = None
                       ) -> CertificateInfo:
     """Parse and check a certificate, its key and chain; CertificateError names the problem."""
-    leaf, *extra = _load_certificates(certificate, "certificate")
+    leaf = _load_certificates(certificate, "certificate")[0]  # any others: more chain
     for i, pem in enumerate(chain):
         _load_certificates(pem, f"certificate_chain[{i}]")
     private_key = _load_key(key)
@@ -103,8 +103,12 @@ def check_certificate(certificate: str, key: str, chain=(), now: datetime.dateti
     if not_after <= now:
         raise CertificateError(f"certificate: expired on {not_after:%Y-%m-%d %H:%M:%S} UTC "
                                f"({subject})")
+    try:
+        names = certificate_names(leaf)
+    except ValueError as error:  # a malformed extension: cryptography parses them lazily
+        raise CertificateError(f"certificate: bad subjectAltName ({error})") from None
     fingerprint = hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).hexdigest()
-    return CertificateInfo(fingerprint, certificate_names(leaf), subject,
+    return CertificateInfo(fingerprint, names, subject,
                            leaf.not_valid_before_utc, not_after)
 
 
