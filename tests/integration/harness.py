@@ -303,6 +303,8 @@ class EchoHandler(BaseHTTPRequestHandler):
 
 
 class _QuietServer(ThreadingHTTPServer):
+    request_queue_size = 128  # socketserver's 5 resets connections when many clients arrive at once
+
     def handle_error(self, request, client_address) -> None:
         # A proxy that closes a connection (a 504, a client gone) is normal in these tests.
         if not isinstance(sys.exc_info()[1], ConnectionError):

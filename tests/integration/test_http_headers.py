@@ -115,3 +115,28 @@ def test_http10_request_is_forwarded_as_http10_with_close(proxy1):
     seen = json.loads(response.body)
     assert seen["version"] == "HTTP/1.0"
     assert response.status == 200 and response.header("Connection") == "close"
+
+
+def test_informational_answers(tmp_path, sozu):
+    """103 Early Hints reaches an HTTP/1.1 client; a 100 the client did not ask for (sozu
+    answers Expect itself) and any 1xx to an HTTP/1.0 client are dropped."""
+    def respond(conn, data):
+        conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
+                     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    raw = RawBackend(respond)
+    port = free_port()
+    sozu(http_config(tmp_path, port, [raw.port], worker_count=1))
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock, sock.makefile("rb") as reader:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            hints = read_response(reader)
+            final = read_response(reader)
+        assert hints.status == 103 and hints.header("Link") == "</s.css>; rel=preload"
+        assert final.status == 200 and final.body == b"ok"
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock, sock.makefile("rb") as reader:
+            sock.sendall(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            only = read_response(reader)
+        assert only.status == 200 and only.body == b"ok"
+    finally:
+        raw.stop()

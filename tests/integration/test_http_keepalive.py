@@ -242,3 +242,36 @@ def test_an_http10_backend_answer_keeps_the_client_connection(tmp_path, sozu):
         assert len(raw.received) == 2, "an HTTP/1.0 backend connection is not reused"
     finally:
         raw.stop()
+
+
+def test_many_concurrent_keep_alive_clients_get_their_own_answers(one_worker):
+    """50 clients, 6 requests each with bodies of their own, over pooled backend connections:
+    every answer belongs to its request (no desync between exchanges)."""
+    import hashlib
+    import http.client
+    import json
+    failures = []
+
+    def client(n: int):
+        conn = http.client.HTTPConnection("127.0.0.1", one_worker.port, timeout=10)
+        try:
+            for i in range(6):
+                body = b"%d-%d-" % (n, i) * (n * 37 + i)
+                response = request(one_worker.port, "POST", f"/c{n}/r{i}", body=body, conn=conn)
+                if response.status != 200:
+                    failures.append((n, i, response.status, response.body[:300]))
+                    continue
+                seen = json.loads(response.body)
+                if (seen["path"], seen["body_sha256"]) != (f"/c{n}/r{i}", hashlib.sha256(body).hexdigest()):
+                    failures.append((n, i, seen["path"]))
+        except Exception as error:  # collected: an assertion in a thread would be lost
+            failures.append((n, repr(error)))
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
