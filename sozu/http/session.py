@@ -76,6 +76,8 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # sending one byte at a time must not cost a parse of the whole buffer per byte.
 REPARSE_GROWTH = 4096
 LINGER_SECONDS = 2.0  # the longest an error answer waits for the client to stop sending
+EVENT_INTERVAL = 1.0  # s between two NO_AVAILABLE_BACKENDS events of one application
+_no_backend_reported: dict[str, float] = {}  # app_id -> when it was last reported
 
 
 def _new_request_ids() -> None:
@@ -314,7 +316,11 @@ class HttpSession:
                 ctx.event("BACKEND_UP", app_id, backend)
             self.exchange.backend = backend.address
             return backend, connection, False
-        ctx.event("NO_AVAILABLE_BACKENDS", app_id, None)
+        now = time.monotonic()
+        if _no_backend_reported.get(app_id, 0.0) <= now - EVENT_INTERVAL:
+            # Once a second at most: a dead application under load must not flood the master.
+            _no_backend_reported[app_id] = now
+            ctx.event("NO_AVAILABLE_BACKENDS", app_id, None)
         raise Answer(503, "no backend could be reached", body=self.answer_503(application))
 
     def answer_503(self, application) -> bytes | None:

@@ -126,3 +126,41 @@ def test_a_backend_that_comes_back_is_used_again(lb):
         assert served(lb, "comeback", 10) == {"live": 5, "revived": 5}
     finally:
         revived.stop()
+
+
+def test_a_dead_application_under_load_does_not_flood_the_master(tmp_path, sozu):
+    """NO_AVAILABLE_BACKENDS goes to the master once a second at most per application, however
+    many requests get a 503 (each event costs the master a message)."""
+    import json
+    import socket as socketlib
+    port = free_port()
+    proxy = sozu(http_apps_config(tmp_path, port, {
+        "dead": {"fronts": [("dead.test", "")], "backends": [f"127.0.0.1:{free_port()}"]},
+        "marker": {"fronts": [("marker.test", "")], "backends": [f"127.0.0.1:{free_port()}"]}}))
+    events = []
+    with socketlib.socket(socketlib.AF_UNIX) as sub:
+        sub.connect(proxy.socket_path)
+        sub.sendall(json.dumps({"id": "sub", "version": 0, "type": "SUBSCRIBE_EVENTS"}).encode() + b"\0")
+        sub.settimeout(5)
+        buf = b""
+
+        def received(kind, app):
+            nonlocal buf
+            while not any(e.get("data") and (e["data"].get("kind"), e["data"].get("app_id")) == (kind, app)
+                          for e in events):
+                buf += sub.recv(65536)
+                while b"\0" in buf:
+                    raw, buf = buf.split(b"\0", 1)
+                    events.append(json.loads(raw))
+            return True
+
+        wait_for(lambda: buf or sub.recv(1, socketlib.MSG_PEEK), what="the subscription")
+        started = time.monotonic()
+        for _ in range(200):
+            assert request(port, "GET", "/", host="dead.test").status == 503
+        elapsed = time.monotonic() - started
+        assert request(port, "GET", "/", host="marker.test").status == 503
+        received("NO_AVAILABLE_BACKENDS", "marker")  # after every event of the flood
+    flood = [e for e in events if e.get("data") and e["data"].get("kind") == "NO_AVAILABLE_BACKENDS"
+             and e["data"].get("app_id") == "dead"]
+    assert 1 <= len(flood) <= int(elapsed) + 1, (len(flood), elapsed)
