@@ -487,6 +487,8 @@ class Master:
         if self.stopping == "hard" or self.stopping == how:
             return
         self.stopping = how
+        if self.upgrade is not None:  # stopping wins: a new master would find its files removed
+            self.upgrade.fail(f"a {how} stop of the proxy was asked meanwhile")
         grace = self.config.shutdown_grace_period
         self.stop_deadline = time.monotonic() + (grace + 2 if how == "soft" else 2)
         log.info("%s stop of %d workers", how, len(self.workers))

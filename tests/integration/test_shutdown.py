@@ -13,7 +13,7 @@ import pytest
 
 from tests.integration.harness import free_port, http_config, wait_for
 from tests.integration.load import alive, group_members
-from tests.integration.test_upgrade import get
+from tests.integration.test_upgrade import _answers, get
 
 
 def _start(tmp_path, sozu, backend, grace: int = 5, worker_count: int = 2):
@@ -124,3 +124,20 @@ def test_shutdown_of_one_worker_is_not_respawned(tmp_path, sozu, backend):
     assert s.ctl("shutdown", "--worker", "1").returncode == 1  # no such worker any more
     assert s.ctl("shutdown").returncode == 0
     assert s.wait_exit(10) == 0
+
+
+def test_a_shutdown_during_an_upgrade_wins(tmp_path, sozu, backend):
+    """Both requests reach the old master in one turn of its loop: the upgrade is failed (its new
+    master killed) rather than left to find the files of a stopped proxy removed."""
+    s = _start(tmp_path, sozu, backend)
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(20)
+        sock.connect(s.socket_path)
+        sock.sendall(b'{"id":"u","version":0,"type":"UPGRADE_MASTER"}\0'
+                     b'{"id":"s","version":0,"type":"PROXY","data":{"type":"SOFT_STOP","data":null}}\0')
+        answers = _answers(sock, {"u", "s"})
+    assert answers["s"]["status"] == "OK"
+    assert answers["u"]["status"] == "ERROR" and "stop of the proxy was asked" in answers["u"]["message"]
+    assert s.wait_exit(10) == 0
+    _everything_gone(s)  # the new master too
+    assert not (tmp_path / "sozu.sock").exists() and not (tmp_path / "sozu.pid").exists()

@@ -92,3 +92,19 @@ def test_a_worker_that_cannot_boot_is_backed_off_with_the_reason_logged(tmp_path
     jail.mkdir(mode=0o755)
     s.wait_ready(workers=2, timeout=12)
     assert running_pids(s)[0] not in (None, before[0])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root (CI runs as root)")
+def test_a_worker_upgrade_whose_new_worker_cannot_boot_leaves_the_old_one_serving(tmp_path, sozu, backend):
+    jail = tmp_path / "jail"
+    jail.mkdir(mode=0o755)
+    b = backend("b1")
+    port = free_port()
+    s = sozu(http_config(tmp_path, port, [b.port], worker_count=1, extra=f'chroot = "{jail}"'))
+    (old,) = s.workers()
+    shutil.rmtree(jail)
+    out = s.ctl("upgrade", "--worker", "0")
+    assert out.returncode == 1
+    assert "the new worker exited before serving (exit code 3)" in out.stdout + out.stderr, out
+    assert [(w["pid"], w["state"]) for w in s.workers()] == [(old["pid"], "running")]
+    assert get(port)[0] == 200
