@@ -66,8 +66,9 @@ HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"te", b"trailer", b"upgra
 OWN_HEADERS = frozenset((b"x-forwarded-proto", b"x-forwarded-port", b"sozu-id", b"expect"))
 REQUEST_DROP = HOP_BY_HOP | OWN_HEADERS
 RESPONSE_DROP = HOP_BY_HOP | {b"sozu-id"}
-# Request headers whose value sozu rewrites rather than forwards.
-REWRITTEN = frozenset((b"x-forwarded-for", b"forwarded", b"cookie"))
+# Request headers whose value sozu rewrites rather than forwards (Content-Length: the parser
+# accepts identical duplicates; the backend gets one, as some refuse two).
+REWRITTEN = frozenset((b"x-forwarded-for", b"forwarded", b"cookie", b"content-length"))
 # Never dropped because a Connection header names them: they frame the message.
 FRAMING = frozenset((b"content-length", b"transfer-encoding", b"host"))
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
@@ -360,20 +361,25 @@ class HttpSession:
         client = self.client_ip.encode()
         target = head.target if head.target[:1] == b"/" else _origin_form(head.target)
         lines = [head.method, b" ", target, b" ", head.version, b"\r\n"]
-        forwarded_for = None
-        forwarded = None
+        forwarded_for = forwarded = None
+        length_sent = False
         for name, value in head.headers:
             lname = name.lower()
             if lname in drop or lname.startswith(b"proxy"):
                 continue
             if lname in REWRITTEN:
-                if lname == b"x-forwarded-for":
+                if lname == b"content-length":
+                    if length_sent:
+                        continue
+                    length_sent = True
+                    value = b"%d" % head.content_length  # "5, 5" is one length too
+                elif lname == b"x-forwarded-for":
                     forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
                     continue
-                if lname == b"forwarded":
+                elif lname == b"forwarded":
                     forwarded = value if forwarded is None else forwarded + b", " + value
                     continue
-                if sticky:  # the sticky cookie is sozu's, not the application's
+                elif sticky:  # the sticky cookie is sozu's, not the application's
                     value = self.strip_sticky_cookie(value)
                     if not value:
                         continue

@@ -108,6 +108,7 @@ def test_identical_content_lengths_are_tolerated(strict):
                          b"Connection: close\r\n\r\nhello")
     assert status_of(answer) == 200
     assert b'"body_length": 5' in answer
+    assert answer.count(b'["Content-Length", "5"]') == 1, "the backend gets one Content-Length"
 
 
 def test_a_smuggled_request_after_a_good_one_is_refused_alone(strict):
