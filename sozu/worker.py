@@ -3,9 +3,11 @@
 Theory of operation
 -------------------
 The master forks a worker with everything it needs already in memory: the configuration, its own
-copy of the state, the listening sockets and one end of a socketpair (its channel). The worker
-then drops privileges (sozu.sandbox), and only then imports and starts gevent: the master never
-has gevent loaded, so there is no hub or thread state to inherit across fork.
+copy of the state, the listening sockets and one end of a socketpair (its channel). This module
+is imported only in the child, after fork: the master never has gevent loaded, so there is no hub
+or thread state to inherit. The worker builds everything it needs (gevent's hub, its sockets and
+every module it will use), then drops privileges (sozu.sandbox): afterwards it may no longer be
+able to read the Python installation, the configuration or the certificates.
 
 Each active listener gets a gevent StreamServer; all of them share one Pool(max_connections), the
 worker's connection limit. A full pool makes every server stop watching its listening socket, so
@@ -101,6 +103,7 @@ class Worker:
         self.lingering: collections.deque = collections.deque()  # refused: (deadline, socket)
         self.draining = False
         self.stopped = gevent.event.Event()
+        self.state_changed = False
         self.load_board = load_board
         # Plain non-blocking copies of the listening sockets, to refuse connections when every
         # worker is full without going through the StreamServer and its pool.
@@ -186,28 +189,38 @@ class Worker:
 
     # -- channel -----------------------------------------------------------------------------
     def read_channel(self) -> None:
+        """Apply the master's messages batch by batch: the routing tables are rebuilt once per
+        batch, before the answers leave (an OK means "served from now on"), and other greenlets
+        run between batches, so a LOAD_STATE of thousands of orders never stalls the traffic."""
         try:
             while True:
-                for message in self.channel.receive():
-                    self.handle_message(message)
+                batch = self.channel.receive()
+                self.state_changed = False
+                answers = [self.handle_message(message) for message in batch]
+                if self.state_changed:
+                    self.rebuild()
+                for answer in answers:
+                    if answer is not None:
+                        self.channel.send(answer)
+                gevent.sleep(0)
         except ChannelClosed:
             log.warning("the master is gone; stopping")
             self.soft_stop()
 
-    def handle_message(self, message) -> None:
+    def handle_message(self, message) -> dict | None:
+        """The command edge: whatever goes wrong, an ERROR answer and the worker goes on."""
         if isinstance(message, MessageError):
             log.error("bad message from the master: %s", message)
-            return
+            return None
         request_id = message.get("id", "")
         try:
             data = self.execute(message)
         except (MessageError, StateError) as error:
-            self.channel.send({"id": request_id, "status": "ERROR", "message": str(error), "data": None})
-        except Exception as error:  # the command edge: answer ERROR, never die
+            return {"id": request_id, "status": "ERROR", "message": str(error), "data": None}
+        except Exception as error:
             log.exception("failed to apply %s", message.get("type"))
-            self.channel.send({"id": request_id, "status": "ERROR", "message": f"worker error: {error}", "data": None})
-        else:
-            self.channel.send({"id": request_id, "status": "OK", "message": "", "data": data})
+            return {"id": request_id, "status": "ERROR", "message": f"worker error: {error}", "data": None}
+        return {"id": request_id, "status": "OK", "message": "", "data": data}
 
     def execute(self, message: dict):
         kind = message.get("type")
@@ -235,7 +248,7 @@ class Worker:
             if order.type.startswith("ADD_") and order.type.endswith("_LISTENER"):
                 self.adopt_listener(order.data["front"], message.get("fds", 0))
             self.state.dispatch(order)
-            self.rebuild()
+            self.state_changed = True
         return None
 
     def adopt_listener(self, address: str, fd_count: int) -> None:
