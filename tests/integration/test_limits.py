@@ -9,6 +9,8 @@ import subprocess
 import threading
 import time
 
+import pytest
+
 from tests.integration.certs import TestCA
 from tests.integration.harness import PYTHON, ROOT, free_port, wait_for
 from tests.integration.load import rss_kib
@@ -250,7 +252,6 @@ def test_the_soft_fd_limit_is_raised_to_fit_max_connections(tmp_path, sozu):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     needed = 5000 * 2 + 256
     if hard != resource.RLIM_INFINITY and hard < needed:
-        import pytest
         pytest.skip(f"the hard limit {hard} is below {needed}")
     resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))  # inherited by sozu
     try:
@@ -267,7 +268,8 @@ def test_a_max_connections_that_cannot_fit_is_refused_at_start(tmp_path):
     config = tmp_path / "sozu.toml"
     config.write_text(_fd_config(tmp_path, free_port(), 1_000_000))
     with open("/proc/sys/fs/nr_open") as file:
-        assert int(file.read()) < 2_000_256  # the kernel's ceiling (default 1048576)
+        if int(file.read()) >= 2_000_256:  # the kernel's ceiling, 1048576 by default
+            pytest.skip("fs.nr_open is high enough for root to raise the hard limit that far")
     out = subprocess.run([PYTHON, str(ROOT / "sozu.py"), "start", "-c", str(config)],
                          capture_output=True, text=True, timeout=20, cwd=tmp_path,
                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 4096)))

@@ -58,7 +58,7 @@ def test_a_stuck_worker_is_killed_after_its_heartbeat_timeout_and_replaced(tmp_p
         after = wait_for(lambda: (p := running_pids(s)).get(0) not in (None, before[0]) and p, 3,
                          what="a new worker 0")
         time.sleep(0.3)
-    assert 1.0 <= killed_after < 2.5, killed_after
+    assert 0.5 <= killed_after < 2.5, killed_after  # 1 s after the last answer to a ping
     assert after[1] == before[1]  # the other worker was left alone
     assert "missed its heartbeat" in s.log()
     # Connections on the frozen worker die with it; connections to the other one do not.
