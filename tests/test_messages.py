@@ -2,6 +2,8 @@
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sozu.messages import (COMMAND_ORDERS, STATE_ORDERS, Answer, Decoder, FrameTooLarge,
                            MessageError, Order, Request, dump_orders, encode, load_orders)
@@ -436,6 +438,33 @@ def test_decoder_reports_bad_messages_in_place():
     assert "not valid JSON" in str(out[3])
 
 
+def test_decoder_refuses_lone_surrogates_but_not_pairs():
+    lone, pair = Decoder(100).feed(b'{"a":"\\ud800"}\0{"a":"\\ud83d\\ude00"}\0')
+    assert isinstance(lone, MessageError) and "surrogate" in str(lone)
+    assert pair == {"a": "\U0001F600"}
+    assert encode(pair) == '{"a":"\U0001F600"}'.encode() + b"\0"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([b'{"a":1}', b"[2]", b"{x", b"\xff", b"", b"\n", b'"s"',
+                                 b'{"b":"\xc3\xa9"}']), max_size=8),
+       st.lists(st.integers(0, 80), max_size=6))
+def test_decoder_results_do_not_depend_on_chunking(messages, cuts):
+    stream = b"".join(m + b"\0" for m in messages)
+    whole = Decoder(100).feed(stream)
+    pieces, start = [], 0
+    for cut in sorted(cuts) + [len(stream)]:
+        pieces.append(stream[start:max(start, cut)])
+        start = max(start, cut)
+    decoder = Decoder(100)
+    chunked = [m for piece in pieces for m in decoder.feed(piece)]
+
+    def shape(items):
+        return [m if isinstance(m, dict) else type(m) for m in items]
+    assert shape(chunked) == shape(whole)
+    assert len(whole) == sum(1 for m in messages if m.strip())
+
+
 def test_decoder_survives_deep_nesting():
     [message] = Decoder(10**6).feed(b"[" * 100000 + b"]" * 100000 + b"\0")
     assert isinstance(message, MessageError)
@@ -504,3 +533,33 @@ def test_load_orders_errors_name_the_message(data, expected):
     with pytest.raises(MessageError) as info:
         load_orders(data)
     assert str(info.value).startswith(expected)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 70000) | st.floats(allow_nan=False)
+    | st.sampled_from(["", "A", "127.0.0.1:80", "[::1]:1", "a.com", "HTTP", "/", "ab" * 32,
+                       "APPLICATIONS", "APP_ID", "DOMAIN", "enable"]) | st.text(max_size=6),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(
+        st.sampled_from(["type", "data", "app_id", "hostname", "front", "proxy", "id",
+                         "path", "certificate", "key", "x"]), children, max_size=4),
+    max_leaves=10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(STATE_ORDERS | COMMAND_ORDERS) + ["PROXY", "NOPE"]), JSON)
+def test_arbitrary_json_is_an_order_or_a_message_error(kind, data):
+    try:
+        o = Order.from_json({"type": kind, "data": data})
+    except MessageError:
+        return
+    assert Order.from_json(json.loads(json.dumps(o.to_json()))) == o
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON, st.sampled_from(["PROXY", "SAVE_STATE", "UPGRADE_WORKER", "DUMP_STATE"]))
+def test_arbitrary_json_is_a_request_or_a_message_error(data, kind):
+    try:
+        request = Request.from_json({"id": "x", "type": kind, "data": data})
+    except MessageError:
+        return
+    assert Request.from_json(json.loads(json.dumps(request.to_json()))) == request
