@@ -181,7 +181,7 @@ class ConfigState:
 
     def dispatch(self, order: Order) -> None:
         """Apply one state order, or raise StateError and change nothing."""
-        handler = _HANDLERS.get(order.type)
+        handler = _HANDLERS.get(order.type) if type(order.type) is str else None
         if handler is None:
             if order.type in COMMAND_ORDERS:
                 raise StateError(f"{order.type} is not a state order")

@@ -368,7 +368,7 @@ def test_command_orders_are_not_state_orders(kind):
 
 
 @pytest.mark.parametrize("order", [
-    Order("BOGUS", {}), Order("ADD_BACKEND", "x"), Order("ADD_BACKEND", None),
+    Order("BOGUS", {}), Order(["ADD_BACKEND"], {}), Order("ADD_BACKEND", "x"), Order("ADD_BACKEND", None),
     Order("ADD_HTTP_FRONT", {"app_id": "MyApp"}), Order("REMOVE_APPLICATION", ["MyApp"]),
     Order("ADD_HTTP_FRONT", {"app_id": "MyApp", "address": HTTP, "hostname": [],
                              "path_begin": ""}),
