@@ -183,7 +183,7 @@ class ConfigState:
         """Apply one state order, or raise StateError and change nothing."""
         handler = _HANDLERS.get(order.type) if type(order.type) is str else None
         if handler is None:
-            if order.type in COMMAND_ORDERS:
+            if type(order.type) is str and order.type in COMMAND_ORDERS:
                 raise StateError(f"{order.type} is not a state order")
             raise StateError(f"unknown order type {order.type!r}: not a state order")
         try:
