@@ -324,8 +324,11 @@ class ConfigState:
         front, old = data["front"], data["old_fingerprint"]
         certificates = self._known_certificate(front, old)
         fp, entry = _certificate_entry(data["new_certificate"], data["new_names"])
-        del certificates[old]
-        certificates[fp] = entry
+        # The replacement takes the replaced one's place: the first one is the default.
+        replaced = {(fp if key == old else key): (entry if key == old else value)
+                    for key, value in certificates.items() if key != fp or key == old}
+        certificates.clear()
+        certificates.update(replaced)
 
     def _add_listener(self, data: dict, protocol: str) -> None:
         address = data["front"]
@@ -376,9 +379,11 @@ class ConfigState:
         listeners = sorted(self.listeners.items())
         orders = [Order(_ADD_LISTENER[l.protocol], l.config) for _, l in listeners]
         orders += [_activate(address, l.protocol) for address, l in listeners if l.active]
+        # In the order they were added: a listener's first certificate is its default one
+        # (served to clients without SNI), and a worker rebuilt from these orders must agree.
         orders += [_add_certificate(address, cert)
                    for address, certs in sorted(self.certificates.items())
-                   for _, cert in sorted(certs.items())]
+                   for cert in certs.values()]
         orders += [Order("ADD_APPLICATION", app) for _, app in sorted(self.applications.items())]
         orders += [Order("ADD_BACKEND", b)
                    for _, backends in sorted(self.backends.items()) for b in backends]

@@ -583,3 +583,23 @@ def test_to_json_dump_has_no_private_keys():
         (HTTP, "http", True), (TCP, "tcp", True), (HTTPS, "https", True)]
     assert dump["listeners"][0]["config"] == state.listeners[HTTP].config
     assert dump["applications"] == state.query_applications()
+
+
+def test_certificate_order_survives_replacement_and_rebuilding(tmp_path):
+    """The first certificate of a listener is its default: a replacement keeps the replaced
+    one's place, and to_orders() rebuilds the same order (a respawned worker agrees)."""
+    from tests.integration.certs import TestCA
+    third = TestCA(tmp_path).issue(["third.test"])
+    state = ConfigState()
+    state.dispatch(Order.from_json({"type": "ADD_HTTPS_LISTENER", "data": {"front": "127.0.0.1:8443"}}))
+    for cert, key in ((CERT2, KEY2), (CERT1, KEY1)):
+        state.dispatch(Order.from_json({"type": "ADD_CERTIFICATE", "data": {
+            "front": "127.0.0.1:8443", "certificate": {"certificate": cert, "key": key}}}))
+    first, second = list(state.certificates["127.0.0.1:8443"])
+    assert list(ConfigState.from_orders(state.to_orders()).certificates["127.0.0.1:8443"]) == [first, second]
+    state.dispatch(Order.from_json({"type": "REPLACE_CERTIFICATE", "data": {
+        "front": "127.0.0.1:8443", "old_fingerprint": first,
+        "new_certificate": {"certificate": third.cert_pem, "key": third.key_pem}}}))
+    assert list(state.certificates["127.0.0.1:8443"]) == [third.fingerprint, second]
+    assert list(ConfigState.from_orders(state.to_orders()).certificates["127.0.0.1:8443"]) == [
+        third.fingerprint, second]
