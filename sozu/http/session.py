@@ -5,7 +5,8 @@ Theory of operation
 A session loops over the requests of a keep-alive connection:
 
   wait for the first byte (the first request: request_timeout from the accept; later ones:
-     front_timeout, an idle keep-alive connection, closed quietly)
+     front_timeout, an idle keep-alive connection, closed quietly; a draining worker closes
+     those at once, but serves the first request of a connection it has accepted)
   -> read the whole head (request_timeout: slowloris costs a slot no longer; 408)
   -> parse it strictly (sozu.http.parser; a bad request never reaches a backend)
   -> route (host, path) to an application, pick a backend, connect (connect_timeout; a failed
@@ -53,7 +54,7 @@ from gevent import socket
 from sozu.http import answers
 from sozu.http.parser import (DEFAULT_LIMITS, ChunkedFramer, ProtocolError, parse_request_head,
                               parse_response_head)
-from sozu.listeners import sockaddr
+from sozu.listeners import connect
 
 log = logging.getLogger("sozu.http")
 access_log = logging.getLogger("sozu.access")
@@ -158,8 +159,11 @@ class HttpSession:
 
     # -- the request loop -------------------------------------------------------------------
     def run(self) -> None:
+        # The first request is served even when the worker began to drain after the accept:
+        # no client retries a request on a connection it has just opened. Between requests, a
+        # draining worker ends the connection (clients retry on a reused connection).
         first = True
-        while self.keep_alive and not self.ctx.draining:
+        while True:
             parsed = self.read_request_head(first)
             if parsed is None:
                 return
@@ -170,16 +174,18 @@ class HttpSession:
             self.exchange.bytes_in = used
             self.proxy(head)
             self.finish_exchange()
+            if not self.keep_alive or self.ctx.draining:
+                return
 
     def read_request_head(self, first: bool):
         """(head, bytes used), or None when the connection ended quietly before a request."""
         listener, buf = self.listener, self.buf
         if first:
             deadline = self.accepted + listener.request_timeout
-            if not buf and not self.wait_first_bytes(deadline - time.monotonic()):
+            if not buf and not self.wait_first_bytes(deadline - time.monotonic(), idle=False):
                 return None
         else:
-            if not buf and not self.wait_first_bytes(listener.front_timeout):
+            if not buf and not self.wait_first_bytes(listener.front_timeout, idle=True):
                 return None
             deadline = time.monotonic() + listener.request_timeout
         new, parsed_size = buf, -REPARSE_GROWTH
@@ -206,19 +212,21 @@ class HttpSession:
                 raise ClientGone("closed in the middle of a request head")
             buf += new
 
-    def wait_first_bytes(self, timeout: float) -> bool:
-        """Nothing of a request yet: the worker may close this connection to drain."""
+    def wait_first_bytes(self, timeout: float, idle: bool) -> bool:
+        """Nothing of a request yet. idle: a keep-alive connection between requests, which the
+        worker may close to drain (a new connection is not: its request is awaited)."""
         if timeout <= 0:
             return False
-        idle = self.ctx.idle_sockets
-        idle.add(self.sock)
+        if idle:
+            self.ctx.idle_sockets.add(self.sock)
         try:
             self.sock.settimeout(timeout)
             data = self.sock.recv(self.ctx.buffer_size)
         except OSError:  # timeout included: an idle connection ends quietly, as in nginx
             return False
         finally:
-            idle.discard(self.sock)
+            if idle:
+                self.ctx.idle_sockets.discard(self.sock)
         if not data:
             return False
         self.buf += data
@@ -331,15 +339,7 @@ class HttpSession:
 
     @staticmethod
     def open_backend(address: str, timeout: float):
-        family, addr = sockaddr(address)
-        connection = BackendSocket(family, socket.SOCK_STREAM)
-        connection.settimeout(timeout)
-        try:
-            connection.connect(addr)
-            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except BaseException:
-            connection.close()
-            raise
+        connection = connect(address, timeout, BackendSocket)
         connection.pending = bytearray()
         return connection
 

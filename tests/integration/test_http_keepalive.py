@@ -275,3 +275,34 @@ def test_many_concurrent_keep_alive_clients_get_their_own_answers(one_worker):
     for t in threads:
         t.join()
     assert failures == []
+
+
+def test_a_drain_serves_new_connections_and_closes_idle_ones(tmp_path, sozu, backend):
+    """When a worker drains (upgrade, soft stop), a connection it accepted whose request has not
+    arrived yet is still served: no client retries a request on a connection it just opened. An
+    idle keep-alive connection is closed at once (clients retry those)."""
+    import os
+    import signal
+    b = backend("drain")
+    port = free_port()
+    s = sozu(http_config(tmp_path, port, [b.port], worker_count=1))
+    pid = s.workers()[0]["pid"]
+    idle = socket.create_connection(("127.0.0.1", port), timeout=5)
+    idle.sendall(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+    idle_reader = idle.makefile("rb")
+    assert read_response(idle_reader).status == 200
+    fresh = socket.create_connection(("127.0.0.1", port), timeout=5)
+
+    def active():
+        return s.order("METRICS")["data"]["workers"]["0"]["active_connections"]
+
+    wait_for(lambda: active() == 2, what="the worker to hold both connections")
+    os.kill(pid, signal.SIGTERM)  # this worker alone drains
+    wait_for(lambda: "soft stop: draining" in s.log(), what="the drain to begin")
+    assert idle_reader.read() == b"", "the idle keep-alive connection is closed"
+    with fresh, fresh.makefile("rb") as reader:
+        fresh.sendall(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+        response = read_response(reader)
+        assert response.status == 200 and response.header("Connection") == "close"
+    idle_reader.close()
+    idle.close()
