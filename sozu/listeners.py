@@ -23,6 +23,22 @@ def sockaddr(address: str) -> tuple[int, tuple]:
     return socket.AF_INET, (host, int(port))
 
 
+def connect(address: str, timeout: float, socket_class=socket.socket):
+    """A connection to a numeric IP:PORT (never a name lookup: workers may be chrooted), with
+    Nagle off: the proxy writes whole messages and must not wait for acknowledgements. Workers
+    pass gevent's socket class."""
+    family, addr = sockaddr(address)
+    connection = socket_class(family, socket.SOCK_STREAM)
+    connection.settimeout(timeout)
+    try:
+        connection.connect(addr)
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
 def bind(address: str, backlog: int = BACKLOG) -> socket.socket:
     family, addr = sockaddr(address)
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -39,7 +39,7 @@ import gevent.pool
 from gevent import socket
 
 from sozu import proxy_protocol
-from sozu.listeners import sockaddr
+from sozu.listeners import connect
 
 log = logging.getLogger("sozu.tcp")
 access_log = logging.getLogger("sozu.access")
@@ -266,7 +266,7 @@ def _connect(ctx, listener, app_id: str, backends):
         tried.add(backend)
         backends.acquire(backend)
         try:
-            connection = _open(backend.address, listener.connect_timeout)
+            connection = connect(backend.address, listener.connect_timeout, socket.socket)
         except OSError as error:
             backends.release(backend)
             ctx.metrics.incr("backend_connect_errors")
@@ -285,17 +285,6 @@ def _connect(ctx, listener, app_id: str, backends):
     return None, None
 
 
-def _open(address: str, timeout: float):
-    family, addr = sockaddr(address)
-    connection = socket.socket(family, socket.SOCK_STREAM)
-    connection.settimeout(timeout)
-    try:
-        connection.connect(addr)
-        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except BaseException:
-        connection.close()
-        raise
-    return connection
 
 
 def _proxy_header(mode: str, received, client, sock) -> bytes:

@@ -69,10 +69,7 @@ reached or does not answer in time.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -82,6 +79,7 @@ from typing import Any, Callable
 import docopt
 
 import sozu.config
+import sozu.state
 from sozu import __version__
 from sozu.ctl import render
 from sozu.ctl.client import Client, ProxyUnreachable, new_request_id
@@ -475,15 +473,11 @@ def _fingerprint(cert_path: str | None, fingerprint: str | None) -> str:
 
 
 def certificate_fingerprint(pem: str) -> str:
-    """SHA-256 of the DER of the first certificate in `pem`, lower-case hex."""
-    match = PEM_CERTIFICATE.search(pem)
-    if match is None:
-        raise CliError("no PEM certificate")
+    """SHA-256 of the DER of the first certificate in `pem`, lower-case hex (as the state has it)."""
     try:
-        der = base64.b64decode("".join(match.group(1).split()), validate=True)
-    except binascii.Error:
-        raise CliError("the PEM certificate is not valid base64") from None
-    return hashlib.sha256(der).hexdigest()
+        return sozu.state.fingerprint(pem)
+    except sozu.state.StateError as error:
+        raise CliError(str(error)) from None
 
 
 def _usage_for(argv: list[str]) -> str:
