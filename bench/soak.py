@@ -95,7 +95,7 @@ def soak_upgrades(base: Path, upgrades: int) -> None:
             time.sleep(1)
             for _ in range(upgrades):
                 t = time.monotonic()
-                out = s.ctl("upgrade")
+                out = s.ctl("--timeout=40000", "upgrade")
                 if out.returncode != 0:
                     check(False, f"upgrade answered: {out.stdout.strip()} {out.stderr.strip()}")
                     break

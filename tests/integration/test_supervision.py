@@ -103,7 +103,7 @@ def test_a_worker_upgrade_whose_new_worker_cannot_boot_leaves_the_old_one_servin
     s = sozu(http_config(tmp_path, port, [b.port], worker_count=1, extra=f'chroot = "{jail}"'))
     (old,) = s.workers()
     shutil.rmtree(jail)
-    out = s.ctl("upgrade", "--worker", "0")
+    out = s.ctl("--timeout=40000", "upgrade", "--worker", "0")
     assert out.returncode == 1
     assert "the new worker exited before serving (exit code 3)" in out.stdout + out.stderr, out
     assert [(w["pid"], w["state"]) for w in s.workers()] == [(old["pid"], "running")]
