@@ -117,10 +117,19 @@ def _close_all(fds) -> None:
 
 
 class WorkerChannel(_Framing):
-    """The worker's end, on a gevent socket: blocking calls that yield to other greenlets."""
+    """The worker's end, on a gevent socket: blocking calls that yield to other greenlets.
+    Several greenlets send (answers, events from sessions): `lock` (a gevent lock, given by the
+    worker since this module stays free of gevent) keeps each message whole when the socket
+    buffer is full and a sendall yields halfway."""
+
+    def __init__(self, sock, max_size: int, lock):
+        super().__init__(sock, max_size)
+        self.lock = lock
 
     def send(self, message: dict) -> None:
-        self.sock.sendall(encode(message))
+        data = encode(message)
+        with self.lock:
+            self.sock.sendall(data)
 
     def receive(self) -> list:
         """Wait for at least one message; raises ChannelClosed when the master is gone."""

@@ -34,6 +34,7 @@ import time
 
 import gevent
 import gevent.event
+import gevent.lock
 import gevent.pool
 from gevent import socket as gsocket
 from gevent.server import StreamServer
@@ -91,7 +92,8 @@ class Worker:
         self.state = state
         self.buffer_size = config.buffer_size
         self.sockets = {address: _gevent_socket(sock) for address, sock in sockets.items()}
-        self.channel = WorkerChannel(gsocket.socket(fileno=channel_sock.detach()), config.max_command_message_size)
+        self.channel = WorkerChannel(gsocket.socket(fileno=channel_sock.detach()),
+                                     config.max_command_message_size, gevent.lock.Semaphore())
         self.pool = gevent.pool.Pool(config.max_connections)
         self.servers: dict[str, StreamServer] = {}
         self.listener_infos: dict[str, ListenerInfo] = {}
@@ -138,6 +140,10 @@ class Worker:
         self.router = Router.from_state(self.state)
         self.balancer.update(self.state)
         self.tls.update(self.state)
+        live = {b["address"] for backends in self.state.backends.values() for b in backends}
+        for address in list(self.backend_pool.idle):
+            if address not in live:  # a removed backend's idle connections go now
+                self.backend_pool.drop(address)
         for address, listener in self.state.listeners.items():
             self.listener_infos[address] = ListenerInfo(address, listener.protocol, listener.config)
         for address in list(self.servers):
