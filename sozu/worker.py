@@ -381,15 +381,17 @@ def _refuse_http(conn) -> None:
 
 
 def _drained(conn) -> bool:
-    """Read and drop what the client sent; True once it has closed its side (or is gone)."""
+    """Read and drop what the client sent; True once it has closed its side (or is gone). At
+    most 64 KiB a call: a client that keeps sending cannot keep the worker here."""
     try:
-        while conn.recv_into(_SCRATCH):
-            pass
+        for _ in range(16):
+            if not conn.recv_into(_SCRATCH):
+                return True
     except (BlockingIOError, InterruptedError):
         return False
     except OSError:
         return True
-    return True
+    return False
 
 
 def _gevent_socket(sock):
