@@ -51,7 +51,7 @@ from itertools import count
 import gevent
 from gevent import socket
 
-from sozu.http import answers
+from sozu.http import answers, headers
 from sozu.http.parser import (DEFAULT_LIMITS, ChunkedFramer, ProtocolError, parse_request_head,
                               parse_response_head)
 from sozu.listeners import connect
@@ -59,19 +59,6 @@ from sozu.listeners import connect
 log = logging.getLogger("sozu.http")
 access_log = logging.getLogger("sozu.access")
 
-# Removed from both directions (RFC 9110 §7.6.1); so is every `Proxy-*` header, and `Proxy`
-# (httpoxy). Transfer-Encoding is hop-by-hop too, but sozu forwards chunked bodies as they are,
-# so the header that describes them stays.
-HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"te", b"trailer", b"upgrade"))
-# Headers sozu sets itself; a client's copy would be a spoof. Expect: sozu answers 100 Continue.
-OWN_HEADERS = frozenset((b"x-forwarded-proto", b"x-forwarded-port", b"sozu-id", b"expect"))
-REQUEST_DROP = HOP_BY_HOP | OWN_HEADERS
-RESPONSE_DROP = HOP_BY_HOP | {b"sozu-id"}
-# Request headers whose value sozu rewrites rather than forwards (Content-Length: the parser
-# accepts identical duplicates; the backend gets one, as some refuse two).
-REWRITTEN = frozenset((b"x-forwarded-for", b"forwarded", b"cookie", b"content-length"))
-# Never dropped because a Connection header names them: they frame the message.
-FRAMING = frozenset((b"content-length", b"transfer-encoding", b"host"))
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # A partial head is parsed again only when a line may have ended or it grew this much: a client
@@ -263,13 +250,13 @@ class HttpSession:
         if application is None:  # removed between routing tables: same as no route
             raise Answer(404, body=listener.answer_404)
         if application["https_redirect"] and not listener.https:
-            location = b"https://" + head.host.encode() + _origin_form(head.target)
+            location = b"https://" + head.host.encode() + headers.origin_form(head.target)
             raise Answer(301, body=answers.redirect_answer(location))
         # From here on the client socket only waits for body bytes or for room to send.
         self.sock.settimeout(listener.front_timeout)
         body = head.content_length is not None and head.content_length > 0 or head.chunked
         sticky = application["sticky_session"]
-        sticky_id = self.sticky_cookie(head) if sticky else None
+        sticky_id = headers.sticky_cookie(head, listener.sticky_name) if sticky else None
         framer = self.check_chunked_start() if head.chunked else None
         replayable = not body and head.method in IDEMPOTENT
         fresh = False
@@ -343,72 +330,11 @@ class HttpSession:
         connection.pending = bytearray()
         return connection
 
-    def sticky_cookie(self, head):
-        prefix = self.listener.sticky_name + b"="
-        for name, value in head.headers:
-            if name.lower() == b"cookie":
-                for part in value.split(b";"):
-                    part = part.strip()
-                    if part.startswith(prefix):
-                        return part[len(prefix):].decode("latin-1")
-        return None
-
     # -- request ----------------------------------------------------------------------------
-    def request_head_bytes(self, head, request_id: bytes, sticky: bool) -> bytes:
-        listener = self.listener
-        tokens = head.connection_tokens
-        drop = REQUEST_DROP.union(tokens - FRAMING) if tokens else REQUEST_DROP
-        client = self.client_ip.encode()
-        target = head.target if head.target[:1] == b"/" else _origin_form(head.target)
-        lines = [head.method, b" ", target, b" ", head.version, b"\r\n"]
-        forwarded_for = forwarded = None
-        length_sent = False
-        for name, value in head.headers:
-            lname = name.lower()
-            if lname in drop or lname.startswith(b"proxy"):
-                continue
-            if lname in REWRITTEN:
-                if lname == b"content-length":
-                    if length_sent:
-                        continue
-                    length_sent = True
-                    value = b"%d" % head.content_length  # "5, 5" is one length too
-                elif lname == b"x-forwarded-for":
-                    forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
-                    continue
-                elif lname == b"forwarded":
-                    forwarded = value if forwarded is None else forwarded + b", " + value
-                    continue
-                elif sticky:  # the sticky cookie is sozu's, not the application's
-                    value = self.strip_sticky_cookie(value)
-                    if not value:
-                        continue
-            lines += (name, b": ", value, b"\r\n")
-        ipv6 = b":" in client
-        element = (b"proto=" + listener.scheme + b";for=" + (b'"[' + client + b']"' if ipv6 else client) +
-                   b";by=" + listener.by)
-        lines += (b"X-Forwarded-For: ", forwarded_for + b", " + client if forwarded_for else client,
-                  b"\r\nForwarded: ", forwarded + b", " + element if forwarded else element,
-                  b"\r\nX-Forwarded-Proto: ", listener.scheme,
-                  b"\r\nX-Forwarded-Port: ", listener.port,
-                  b"\r\nSozu-Id: ", request_id, b"\r\n")
-        if head.upgrade is not None:
-            lines.append(b"Connection: Upgrade\r\nUpgrade: " + head.upgrade + b"\r\n")
-        elif head.version == b"HTTP/1.0":
-            lines.append(b"Connection: close\r\n")
-        lines.append(b"\r\n")
-        return b"".join(lines)
-
-    def strip_sticky_cookie(self, value: bytes) -> bytes:
-        prefix = self.listener.sticky_name + b"="
-        if prefix not in value:
-            return value
-        return b"; ".join(part for part in (p.strip() for p in value.split(b";"))
-                          if part and not part.startswith(prefix))
-
     def forward_request(self, head, connection, body: bool, sticky: bool, framer) -> None:
         self.request_id = request_id = _id_prefix + b"%x" % next(_request_ids)
-        data = self.request_head_bytes(head, request_id, sticky)
+        data = headers.request_head(head, self.client_ip.encode(), self.listener, request_id,
+                                    self.listener.sticky_name if sticky else None)
         connection.settimeout(self.listener.back_timeout)
         try:
             send_all(connection, data)
@@ -513,40 +439,15 @@ class HttpSession:
                 raise Answer(502, "the backend closed the connection in the middle of a response head")
             pending += data
 
-    def response_head_bytes(self, response, keep_alive: bool, set_cookie: bytes | None,
-                            upgrade: bool) -> bytes:
-        tokens = response.connection_tokens
-        drop = RESPONSE_DROP.union(tokens - FRAMING) if tokens else RESPONSE_DROP
-        if upgrade:
-            drop = drop - {b"upgrade"}
-        # An intermediary sends its own HTTP version (RFC 9110 §6.2), whatever the backend's.
-        lines = [b"HTTP/1.1 %d " % response.status, response.reason, b"\r\n"]
-        for name, value in response.headers:
-            lname = name.lower()
-            if lname in drop or lname.startswith(b"proxy-"):
-                continue
-            lines += (name, b": ", value, b"\r\n")
-        lines += (b"Sozu-Id: ", self.request_id, b"\r\n")
-        if set_cookie:
-            lines += (b"Set-Cookie: ", set_cookie, b"\r\n")
-        if upgrade:
-            lines.append(b"Connection: Upgrade\r\n")
-        elif not keep_alive:
-            lines.append(b"Connection: close\r\n")
-        elif self.http10:
-            lines.append(b"Connection: keep-alive\r\n")
-        lines.append(b"\r\n")
-        return b"".join(lines)
-
     def forward_response(self, head, application, backend, connection, sticky_id) -> None:
-        self.http10 = http10 = head.version == b"HTTP/1.0"
+        http10 = head.version == b"HTTP/1.0"
         while True:
             response = self.read_response_head(connection, head.method)
             if response.status >= 200 or response.status == 101:
                 break
             # 100: sozu answered Continue itself; an HTTP/1.0 client must get no 1xx at all.
             if response.status != 100 and not http10:
-                self.client_send(self.response_head_bytes(response, True, None, False))  # 102, 103
+                self.client_send(headers.response_head(response, self.request_id, True, False))  # 102, 103
         exchange = self.exchange
         exchange.status = response.status
         upgrade = response.status == 101 and head.upgrade is not None
@@ -560,7 +461,7 @@ class HttpSession:
             backend_sticky = backend.sticky_key
             if backend_sticky != sticky_id:
                 set_cookie = self.listener.sticky_name + b"=" + backend_sticky.encode() + b"; Path=/"
-        head_bytes = self.response_head_bytes(response, keep_alive, set_cookie, upgrade)
+        head_bytes = headers.response_head(response, self.request_id, keep_alive, http10, set_cookie, upgrade)
         self.response_started = True
         if upgrade:
             self.client_send(head_bytes)
@@ -671,17 +572,6 @@ class HttpSession:
                             exchange.method.decode("latin-1"), exchange.host,
                             exchange.path.decode("latin-1"), exchange.bytes_in, exchange.bytes_out,
                             exchange.duration_ms())
-
-
-def _origin_form(target: bytes) -> bytes:
-    """`http://host/p?q` -> `/p?q` (many backends do not understand the absolute form)."""
-    if target[:1] == b"/" or target == b"*":
-        return target
-    start = target.find(b"/", target.find(b"//") + 2)
-    if start < 0:  # no path: `http://host` or `http://host?q`
-        query = target.find(b"?")
-        return b"/" if query < 0 else b"/" + target[query:]
-    return target[start:]
 
 
 def send_all(sock, data) -> None:

@@ -1,0 +1,132 @@
+"""The heads sozu forwards: what it removes, rewrites and adds (pure).
+
+Header lines that are only forwarded are copied as they came (name as received, value as the
+parser stripped it); only three kinds of work are done on the way:
+  - hop-by-hop headers (RFC 9110 §7.6.1), the headers a Connection header names, and every
+    `Proxy`/`Proxy-*` header (httpoxy) are removed;
+  - the headers sozu owns (X-Forwarded-Proto/Port, Sozu-Id, Expect) are replaced by its own, so
+    a client cannot spoof them; X-Forwarded-For and Forwarded get the client appended;
+  - the message's framing is made explicit for the next hop (one Content-Length; Connection).
+Transfer-Encoding is hop-by-hop too, but sozu forwards chunked bodies as they are, so the header
+that describes them stays.
+"""
+from __future__ import annotations
+
+HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"te", b"trailer", b"upgrade"))
+# Headers sozu sets itself; a client's copy would be a spoof. Expect: sozu answers 100 Continue.
+OWN_HEADERS = frozenset((b"x-forwarded-proto", b"x-forwarded-port", b"sozu-id", b"expect"))
+REQUEST_DROP = HOP_BY_HOP | OWN_HEADERS
+RESPONSE_DROP = HOP_BY_HOP | {b"sozu-id"}
+# Request headers whose value sozu rewrites rather than forwards (Content-Length: the parser
+# accepts identical duplicates; the backend gets one, as some refuse two).
+REWRITTEN = frozenset((b"x-forwarded-for", b"forwarded", b"cookie", b"content-length"))
+# Never dropped because a Connection header names them: they frame the message.
+FRAMING = frozenset((b"content-length", b"transfer-encoding", b"host"))
+
+
+def request_head(head, client_ip: bytes, origin, request_id: bytes,
+                 sticky_name: bytes | None = None) -> bytes:
+    """The head sent to the backend. `origin` is where the request entered sozu: its `scheme`,
+    `port` and `by` (the worker's ListenerInfo precomputes them). `sticky_name`: the sticky
+    cookie to strip from Cookie (for sticky applications only; for others the cookie may be
+    the application's own)."""
+    tokens = head.connection_tokens
+    drop = REQUEST_DROP.union(tokens - FRAMING) if tokens else REQUEST_DROP
+    target = head.target if head.target[:1] == b"/" else origin_form(head.target)
+    lines = [head.method, b" ", target, b" ", head.version, b"\r\n"]
+    forwarded_for = forwarded = None
+    length_sent = False
+    for name, value in head.headers:
+        lname = name.lower()
+        if lname in drop or lname.startswith(b"proxy"):
+            continue
+        if lname in REWRITTEN:
+            if lname == b"content-length":
+                if length_sent:
+                    continue
+                length_sent = True
+                value = b"%d" % head.content_length  # "5, 5" is one length too
+            elif lname == b"x-forwarded-for":
+                forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
+                continue
+            elif lname == b"forwarded":
+                forwarded = value if forwarded is None else forwarded + b", " + value
+                continue
+            elif sticky_name is not None:  # the sticky cookie is sozu's, not the application's
+                value = strip_cookie(value, sticky_name)
+                if not value:
+                    continue
+        lines += (name, b": ", value, b"\r\n")
+    ipv6 = b":" in client_ip
+    element = (b"proto=" + origin.scheme + b";for=" + (b'"[' + client_ip + b']"' if ipv6 else client_ip) +
+               b";by=" + origin.by)
+    lines += (b"X-Forwarded-For: ", forwarded_for + b", " + client_ip if forwarded_for else client_ip,
+              b"\r\nForwarded: ", forwarded + b", " + element if forwarded else element,
+              b"\r\nX-Forwarded-Proto: ", origin.scheme,
+              b"\r\nX-Forwarded-Port: ", origin.port,
+              b"\r\nSozu-Id: ", request_id, b"\r\n")
+    if head.upgrade is not None:
+        lines.append(b"Connection: Upgrade\r\nUpgrade: " + head.upgrade + b"\r\n")
+    elif head.version == b"HTTP/1.0":
+        lines.append(b"Connection: close\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def response_head(response, request_id: bytes, keep_alive: bool, http10: bool,
+                  set_cookie: bytes | None = None, upgrade: bool = False) -> bytes:
+    """The head sent to the client."""
+    tokens = response.connection_tokens
+    drop = RESPONSE_DROP.union(tokens - FRAMING) if tokens else RESPONSE_DROP
+    if upgrade:
+        drop = drop - {b"upgrade"}
+    # An intermediary sends its own HTTP version (RFC 9110 §6.2), whatever the backend's.
+    lines = [b"HTTP/1.1 %d " % response.status, response.reason, b"\r\n"]
+    for name, value in response.headers:
+        lname = name.lower()
+        if lname in drop or lname.startswith(b"proxy-"):
+            continue
+        lines += (name, b": ", value, b"\r\n")
+    lines += (b"Sozu-Id: ", request_id, b"\r\n")
+    if set_cookie:
+        lines += (b"Set-Cookie: ", set_cookie, b"\r\n")
+    if upgrade:
+        lines.append(b"Connection: Upgrade\r\n")
+    elif not keep_alive:
+        lines.append(b"Connection: close\r\n")
+    elif http10:
+        lines.append(b"Connection: keep-alive\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def sticky_cookie(head, sticky_name: bytes) -> str | None:
+    """The value of the sticky cookie the client sent, if any."""
+    prefix = sticky_name + b"="
+    for name, value in head.headers:
+        if name.lower() == b"cookie":
+            for part in value.split(b";"):
+                part = part.strip()
+                if part.startswith(prefix):
+                    return part[len(prefix):].decode("latin-1")
+    return None
+
+
+def strip_cookie(value: bytes, name: bytes) -> bytes:
+    """A Cookie header value without the cookie `name`."""
+    prefix = name + b"="
+    if prefix not in value:
+        return value
+    return b"; ".join(part for part in (p.strip() for p in value.split(b";"))
+                      if part and not part.startswith(prefix))
+
+
+def origin_form(target: bytes) -> bytes:
+    """`http://host/p?q` -> `/p?q` (many backends do not understand the absolute form)."""
+    if target[:1] == b"/" or target == b"*":
+        return target
+    start = target.find(b"/", target.find(b"//") + 2)
+    if start < 0:  # no path: `http://host` or `http://host?q`
+        query = target.find(b"?")
+        return b"/" if query < 0 else b"/" + target[query:]
+    return target[start:]

@@ -1,0 +1,104 @@
+"""The heads sozu forwards, as transcripts: parsed head in, bytes out (no sockets)."""
+from types import SimpleNamespace
+
+import pytest
+
+from sozu.http import headers
+from sozu.http.parser import parse_request_head, parse_response_head
+
+ORIGIN = SimpleNamespace(scheme=b"http", port=b"8080", by=b"127.0.0.1:8080")
+
+
+def forwarded(raw: bytes, client=b"10.0.0.9", sticky_name=None) -> list[bytes]:
+    head, _ = parse_request_head(raw)
+    return headers.request_head(head, client, ORIGIN, b"id-1", sticky_name).split(b"\r\n")
+
+
+def returned(raw: bytes, method=b"GET", **kwargs) -> list[bytes]:
+    head, _ = parse_response_head(raw, method)
+    options = dict(keep_alive=True, http10=False) | kwargs
+    return headers.response_head(head, b"id-1", **options).split(b"\r\n")
+
+
+def test_request_hop_by_hop_and_named_headers_are_removed_and_own_headers_added():
+    lines = forwarded(b"GET /a HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-Secret\r\n"
+                      b"Keep-Alive: 5\r\nTE: trailers\r\nX-Secret: 1\r\nProxy: evil\r\n"
+                      b"Proxy-Authorization: x\r\nSozu-Id: spoof\r\nX-Forwarded-Proto: spoof\r\n"
+                      b"Expect: 100-continue\r\nContent-Length: 0\r\nAccept: */*\r\n\r\n")
+    assert lines[0] == b"GET /a HTTP/1.1"
+    assert lines[1:4] == [b"Host: h", b"Content-Length: 0", b"Accept: */*"]
+    assert b"X-Forwarded-Proto: http" in lines and b"X-Forwarded-Port: 8080" in lines
+    assert b"Sozu-Id: id-1" in lines
+    assert not any(l.lower().startswith((b"connection", b"keep-alive", b"te:", b"x-secret",
+                                         b"proxy", b"expect")) for l in lines)
+    assert lines[-2:] == [b"", b""]
+
+
+def test_forwarding_chains_are_appended_to():
+    lines = forwarded(b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.1.1.1\r\n"
+                      b"X-Forwarded-For: 2.2.2.2\r\nForwarded: for=1.1.1.1\r\n\r\n", client=b"::1")
+    assert b"X-Forwarded-For: 1.1.1.1, 2.2.2.2, ::1" in lines
+    assert b'Forwarded: for=1.1.1.1, proto=http;for="[::1]";by=127.0.0.1:8080' in lines
+
+
+def test_framing_headers_survive_a_connection_header_naming_them():
+    lines = forwarded(b"POST / HTTP/1.1\r\nHost: h\r\nConnection: content-length, host\r\n"
+                      b"Content-Length: 3, 3\r\n\r\n")
+    assert b"Host: h" in lines and lines.count(b"Content-Length: 3") == 1
+
+
+def test_absolute_form_goes_out_in_origin_form():
+    assert forwarded(b"GET http://h/p?q HTTP/1.1\r\nHost: h\r\n\r\n")[0] == b"GET /p?q HTTP/1.1"
+    assert headers.origin_form(b"http://h?q") == b"/?q"
+    assert headers.origin_form(b"http://h") == b"/"
+
+
+def test_http10_requests_ask_the_backend_to_close_and_upgrades_keep_their_headers():
+    assert b"Connection: close" in forwarded(b"GET / HTTP/1.0\r\n\r\n")
+    lines = forwarded(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+    assert b"Connection: Upgrade" in lines and b"Upgrade: websocket" in lines
+
+
+@pytest.mark.parametrize("cookie, expected", [
+    (b"SOZUBALANCEID=b1; a=1", b"Cookie: a=1"),
+    (b"a=1;SOZUBALANCEID=b1", b"Cookie: a=1"),
+    (b"SOZUBALANCEID=b1", None),
+    (b"a=1", b"Cookie: a=1"),
+])
+def test_the_sticky_cookie_is_stripped_for_sticky_applications(cookie, expected):
+    raw = b"GET / HTTP/1.1\r\nHost: h\r\nCookie: " + cookie + b"\r\n\r\n"
+    lines = forwarded(raw, sticky_name=b"SOZUBALANCEID")
+    assert [l for l in lines if l.startswith(b"Cookie")] == ([expected] if expected else [])
+    assert b"Cookie: " + cookie in forwarded(raw)  # not sticky: the cookie may be the app's own
+
+
+def test_sticky_cookie_reads_the_named_cookie():
+    head, _ = parse_request_head(b"GET / HTTP/1.1\r\nHost: h\r\nCookie: x=1; SOZUBALANCEID=b2\r\n\r\n")
+    assert headers.sticky_cookie(head, b"SOZUBALANCEID") == "b2"
+    assert headers.sticky_cookie(head, b"OTHER") is None
+
+
+def test_response_speaks_http11_drops_hop_by_hop_and_says_how_the_connection_goes():
+    raw = b"HTTP/1.0 200 OK\r\nConnection: close, X-Internal\r\nX-Internal: 1\r\nSozu-Id: spoof\r\nContent-Length: 2\r\n\r\n"
+    lines = returned(raw, keep_alive=False)
+    assert lines[0] == b"HTTP/1.1 200 OK"
+    assert b"Content-Length: 2" in lines and b"Sozu-Id: id-1" in lines and b"Connection: close" in lines
+    assert not any(l.startswith((b"X-Internal", b"Sozu-Id: spoof")) for l in lines)
+    assert b"Connection: keep-alive" in returned(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", http10=True)
+
+
+def test_response_set_cookie_and_upgrade():
+    lines = returned(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", set_cookie=b"SOZUBALANCEID=b1; Path=/")
+    assert b"Set-Cookie: SOZUBALANCEID=b1; Path=/" in lines
+    lines = returned(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+                     upgrade=True)
+    assert b"Upgrade: websocket" in lines and b"Connection: Upgrade" in lines
+
+
+def test_the_pure_http_modules_import_neither_gevent_nor_sockets():
+    import subprocess
+    import sys
+    code = ("import sys, sozu.http.headers, sozu.http.parser, sozu.http.answers; "
+            "print(sorted(m for m in ('gevent', 'socket', 'logging') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
