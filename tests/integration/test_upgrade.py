@@ -63,6 +63,16 @@ def get(port: int, path: str = "/", host: str = "localhost", timeout: float = 5.
     return response.status, body, response
 
 
+def handed_over(pid: int) -> dict:
+    """What SOZU_LISTENER_FDS named in a master's environment: address -> the socket that fd is
+    (/proc/<pid>/environ keeps the environment a process was started with)."""
+    from sozu.listeners import ENV_FDS, decode_fds
+    with open(f"/proc/{pid}/environ", "rb") as file:
+        variables = dict(v.split(b"=", 1) for v in file.read().split(b"\0") if b"=" in v)
+    fds = decode_fds(variables[ENV_FDS.encode()].decode())
+    return {address: os.readlink(f"/proc/{pid}/fd/{fd}") for address, fd in fds.items()}
+
+
 def runtime_changes(s, b2_port: int) -> None:
     """Changes made through the command socket only: the TOML file knows nothing of them."""
     for kind, data in [
@@ -94,6 +104,7 @@ def test_upgrades_under_load_fail_no_request(tmp_path, sozu, backend):
         assert s.order(kind, data)["status"] == "OK"
     before = dump(s)
     inodes = (listening_inode(port), listening_inode(port2))
+    command_socket = os.stat(s.socket_path).st_ino
     first = master = master_pid(s)
     clients = (LoadClient(port, name="keep-alive"),
                LoadClient(port, keep_alive=False, name="new-connection"),
@@ -104,6 +115,8 @@ def test_upgrades_under_load_fail_no_request(tmp_path, sozu, backend):
             master = upgrade(s, master)
             assert pid_file(s) == master
             assert os.getpgid(master) == first  # the harness's killpg reaches every generation
+            assert handed_over(master) == {f"127.0.0.1:{port}": f"socket:[{inodes[0]}]",
+                                           f"127.0.0.1:{port2}": f"socket:[{inodes[1]}]"}
             time.sleep(0.5)
     print(load.summary())
     assert load.failures == [], load.summary() + "\n" + "\n".join(load.failures[:20])
@@ -111,6 +124,7 @@ def test_upgrades_under_load_fail_no_request(tmp_path, sozu, backend):
     assert all(c.ok > 3 for c in clients), load.summary()
     assert dump(s) == before
     assert (listening_inode(port), listening_inode(port2)) == inodes  # handed over, never re-bound
+    assert os.stat(s.socket_path).st_ino == command_socket           # the same socket file
     assert s.process.wait(5) == 0          # the first master exited, cleanly
     for p in (port, port2):
         status, body, _ = get(p, host="two.example")
