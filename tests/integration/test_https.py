@@ -188,7 +188,7 @@ def test_sessions_are_resumed(env):
     to alternate workers: offer the last session and the one before, in turn."""
     context = client_context(env["ca"])
     sessions, reused = [], []
-    for attempt in range(10):
+    for attempt in range(30):
         session = sessions[-1 - attempt % 2] if len(sessions) >= 2 else (sessions or [None])[-1]
         with socket.create_connection(("127.0.0.1", env["port"]), timeout=5) as raw:
             with context.wrap_socket(raw, server_hostname="a.test", session=session) as tls_sock:
