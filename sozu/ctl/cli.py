@@ -45,7 +45,8 @@ Options:
   -c FILE, --config=FILE    The proxy's configuration file, read only to find its
                             command socket (default: $SOZU_CONFIG).
   --json                    Print the answer as one JSON document.
-  --timeout=MS              How long to wait for the answer, in ms [default: 5000].
+  --timeout=MS              How long to wait for the answer, in ms (default: 5000; for
+                            upgrade 60000, as a new master may take up to 30 s to serve).
   -h, --help                Show this help.
   --version                 Show the version.
   -i APP, --id=APP          Application id.
@@ -90,6 +91,8 @@ EXIT_OK, EXIT_ERROR, EXIT_UNREACHABLE = 0, 1, 2
 
 POLICIES = {"roundrobin": "RoundRobin", "random": "Random",
             "leastconnections": "LeastConnections", "poweroftwo": "PowerOfTwo"}
+DEFAULT_TIMEOUT_MS = 5000
+UPGRADE_TIMEOUT_MS = 60000  # an upgrade answers once the new master serves (30 s at most)
 PEM_CERTIFICATE = re.compile(
     r"-----BEGIN CERTIFICATE-----\s*(.*?)-----END CERTIFICATE-----", re.DOTALL)
 
@@ -151,7 +154,10 @@ def _main(argv: list[str]) -> int:
         return EXIT_ERROR
 
     as_json = args["--json"]
-    timeout_ms = _int(args, "--timeout", minimum=1)
+    if args["--timeout"] is None:
+        timeout_ms = UPGRADE_TIMEOUT_MS if args["upgrade"] else DEFAULT_TIMEOUT_MS
+    else:
+        timeout_ms = _int(args, "--timeout", minimum=1)
     config_path = args["--config"] or os.environ.get("SOZU_CONFIG")
     if not config_path:
         raise CliError("no configuration file: pass -c FILE or set SOZU_CONFIG")

@@ -833,3 +833,8 @@ def test_against_the_real_master(workdir):
         if master.poll() is None:
             master.kill()
             master.wait()
+
+
+def test_upgrade_waits_longer_than_other_commands_by_default():
+    from sozu.ctl import cli
+    assert cli.UPGRADE_TIMEOUT_MS >= 2 * 30_000 > cli.DEFAULT_TIMEOUT_MS
