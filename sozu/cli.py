@@ -18,12 +18,11 @@ upgrade), forks the workers and serves the command socket until stopped.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 from docopt import DocoptExit, docopt
 
-from sozu import __version__, logs
+from sozu import __version__
 
 log = logging.getLogger("sozu.master")
 

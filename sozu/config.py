@@ -667,7 +667,8 @@ def _certificate(table: _Table, address: str, owners: _Owners) -> dict:
     leaf, *chain = _pem_certificates(table, "certificate")     # a fullchain file: leaf first
     if "certificate_chain" in table.data:
         chain += _pem_certificates(table, "certificate_chain")
-    key = _pem_key(table, leaf)
+    key = _pem_key(table)
+    _checked(table, leaf, key, chain)
     known = owners.certificates.setdefault((address, leaf), (key, chain, table.key("certificate")))
     if known[:2] != (key, chain):
         raise table.error("certificate", f"the same certificate as {known[2]} with another key or chain",
@@ -682,39 +683,33 @@ def _pem_blocks(table: _Table, name: str, expected: str, label) -> list[str]:
 
 
 def _pem_certificates(table: _Table, name: str) -> list[str]:
-    """The certificates of a PEM file, each parsed."""
-    from cryptography import x509  # lazy: only configs with certificates pay for it
+    """The certificate blocks of a PEM file (checked with the key, in _checked)."""
     expected = "a PEM certificate file"
     blocks = _pem_blocks(table, name, expected, lambda label: label == "CERTIFICATE")
     if not blocks:
         raise table.error(name, f"no PEM certificate in {table.path(name)}", table.data[name], expected)
-    for number, block in enumerate(blocks, 1):
-        try:
-            x509.load_pem_x509_certificate(block.encode("ascii"))
-        except ValueError as e:
-            raise table.error(name, f"certificate {number} of {table.path(name)} is invalid: "
-                              + " ".join(str(e).split()), table.data[name], expected) from None
     return blocks
 
 
-def _pem_key(table: _Table, leaf: str) -> str:
-    """The one unencrypted private key of the key file; it must match the leaf certificate."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-    expected, path = "an unencrypted PEM private key matching certificate", table.path("key")
+def _pem_key(table: _Table) -> str:
+    """The one private key block of the key file (checked with the certificate, in _checked)."""
+    expected = "an unencrypted PEM private key matching certificate"
     blocks = _pem_blocks(table, "key", expected, lambda label: label.endswith("PRIVATE KEY"))
     if len(blocks) != 1:
-        raise table.error("key", f"{len(blocks)} PEM private keys in {path}", table.data["key"], expected)
-    try:
-        key = serialization.load_pem_private_key(blocks[0].encode("ascii"), password=None)
-    except TypeError:
-        raise table.error("key", f"{path} is encrypted", table.data["key"], expected) from None
-    except Exception as e:  # ValueError, or cryptography's UnsupportedAlgorithm
-        raise table.error("key", f"{path} is invalid: " + " ".join(str(e).split()), table.data["key"],
-                          expected) from None
-    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    public = x509.load_pem_x509_certificate(leaf.encode("ascii")).public_key().public_bytes(*spki)
-    if key.public_key().public_bytes(*spki) != public:
-        raise table.error("key", f"{path} does not match the certificate {table.path('certificate')}",
+        raise table.error("key", f"{len(blocks)} PEM private keys in {table.path('key')}",
                           table.data["key"], expected)
     return blocks[0]
+
+
+def _checked(table: _Table, leaf: str, key: str, chain: list[str]) -> None:
+    """The check every certificate order gets at runtime (sozu.certificates), so a certificate
+    that sozuctl would refuse is refused at start too; the error names the file."""
+    from sozu import certificates  # lazy: only configs with certificates import cryptography
+    try:
+        certificates.check_certificate(leaf, key, chain)
+    except certificates.CertificateError as error:
+        field, _, problem = str(error).partition(": ")
+        name = "key" if field == "key" else ("certificate_chain" if field.startswith("certificate_chain")
+                                             and "certificate_chain" in table.data else "certificate")
+        raise table.error(name, f"{table.path(name)}: {problem}", table.data[name],
+                          "a valid certificate, its matching unencrypted key and chain") from None

@@ -32,20 +32,15 @@ secrecy for TLS 1.2.
 """
 from __future__ import annotations
 
-import datetime
 import hashlib
 import logging
 import socket
 import time
-from dataclasses import dataclass
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 
-from sozu.state import StateError
+from sozu.certificates import (CertificateError, certificate_names, check_certificate, load_certificates,
+                               load_key)
 
 log = logging.getLogger("sozu.tls")
 
@@ -60,56 +55,12 @@ DEFAULT_CIPHER_LIST = ":".join((
 TLS13_CIPHERSUITES = b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 ALPN = b"http/1.1"
 SESSION_TIMEOUT = 300  # s, like nginx's ssl_session_timeout
-MIN_RSA_BITS = 2048
 RECORD_SIZE = 16384  # plaintext bytes per TLS record: the unit of sendall
 # OP_IGNORE_UNEXPECTED_EOF: a client that closes without close_notify (most do) is an end of
 # stream, not a fatal error, so its session stays in the cache (OpenSSL drops the session of a
 # connection that failed). HTTP framing, not TLS, tells a truncated request.
 _OPTIONS = (SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_CIPHER_SERVER_PREFERENCE
             | SSL.OP_NO_TICKET | SSL.OP_SINGLE_ECDH_USE | SSL.OP_IGNORE_UNEXPECTED_EOF)
-
-
-class CertificateError(StateError):
-    """A certificate, key or TLS setting that cannot be served; the text says why."""
-
-
-# --- checks (master and worker) -------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class CertificateInfo:
-    fingerprint: str                 # SHA-256 of the leaf's DER, lower-case hex (as in the state)
-    names: tuple[str, ...]           # DNS names of the subjectAltName, else the common name
-    subject: str
-    not_before: datetime.datetime
-    not_after: datetime.datetime
-
-
-def check_certificate(certificate: str, key: str, chain=(), now: datetime.datetime | None = None
-                      ) -> CertificateInfo:
-    """Parse and check a certificate, its key and chain; CertificateError names the problem."""
-    leaf = _load_certificates(certificate, "certificate")[0]  # any others: more chain
-    for i, pem in enumerate(chain):
-        _load_certificates(pem, f"certificate_chain[{i}]")
-    private_key = _load_key(key)
-    subject = leaf.subject.rfc4514_string() or "an empty subject"
-    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    if private_key.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
-        raise CertificateError(f"key: the private key does not match the certificate ({subject})")
-    if isinstance(private_key, rsa.RSAPrivateKey) and private_key.key_size < MIN_RSA_BITS:
-        raise CertificateError(f"key: an RSA key of {private_key.key_size} bits is too weak "
-                               f"(at least {MIN_RSA_BITS})")
-    now = now or datetime.datetime.now(datetime.timezone.utc)
-    not_after = leaf.not_valid_after_utc
-    if not_after <= now:
-        raise CertificateError(f"certificate: expired on {not_after:%Y-%m-%d %H:%M:%S} UTC "
-                               f"({subject})")
-    try:
-        names = certificate_names(leaf)
-    except ValueError as error:  # a malformed extension: cryptography parses them lazily
-        raise CertificateError(f"certificate: bad subjectAltName ({error})") from None
-    fingerprint = hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).hexdigest()
-    return CertificateInfo(fingerprint, names, subject,
-                           leaf.not_valid_before_utc, not_after)
 
 
 def check_order(order) -> None:
@@ -125,37 +76,6 @@ def check_order(order) -> None:
         return
     check_certificate(certificate["certificate"], certificate["key"],
                       certificate.get("certificate_chain", ()))
-
-
-def certificate_names(certificate: x509.Certificate) -> tuple[str, ...]:
-    try:
-        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        names = san.value.get_values_for_type(x509.DNSName)
-    except x509.ExtensionNotFound:
-        names = [a.value for a in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-                 if isinstance(a.value, str)]
-    return tuple(dict.fromkeys(name.lower().rstrip(".") for name in names if name))
-
-
-def _load_certificates(pem: str, what: str) -> list[x509.Certificate]:
-    try:
-        certificates = x509.load_pem_x509_certificates(pem.encode("utf-8", "replace"))
-    except ValueError as error:
-        detail = " ".join(str(error).split()) or "no PEM certificate"
-        raise CertificateError(f"{what}: not a valid PEM certificate ({detail})") from None
-    if not certificates:
-        raise CertificateError(f"{what}: no PEM certificate")
-    return certificates
-
-
-def _load_key(pem: str):
-    try:
-        return serialization.load_pem_private_key(pem.encode("utf-8", "replace"), password=None)
-    except TypeError:
-        raise CertificateError("key: encrypted private keys are not supported") from None
-    except Exception as error:  # ValueError, or cryptography's UnsupportedAlgorithm
-        detail = " ".join(str(error).split()) or "unreadable"
-        raise CertificateError(f"key: not a valid PEM private key ({detail})") from None
 
 
 # --- contexts (worker) ----------------------------------------------------------------------------
@@ -241,12 +161,12 @@ class ListenerContexts:
         self._index()
 
     def _build(self, fingerprint: str, entry: dict) -> _Served:
-        leaf, *extra = _load_certificates(entry["certificate"], "certificate")
+        leaf, *extra = load_certificates(entry["certificate"], "certificate")
         chain = extra + [c for pem in entry.get("certificate_chain", ())
-                         for c in _load_certificates(pem, "certificate_chain")]
+                         for c in load_certificates(pem, "certificate_chain")]
         context = _new_context(self.config, self.session_id)
         context.use_certificate(leaf)
-        context.use_privatekey(_load_key(entry["key"]))
+        context.use_privatekey(load_key(entry["key"]))
         for certificate in chain:
             context.add_extra_chain_cert(certificate)
         context.check_privatekey()

@@ -76,7 +76,7 @@ class LoadClient(threading.Thread):
             headers["Connection"] = "close"
         try:
             status, body_ok, closing = self.exchange(path, headers)
-        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as error:
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
             if not self.reused:
                 raise
             self.retries += 1  # closed at the moment we reused it: as curl does, once more

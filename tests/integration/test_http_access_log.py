@@ -3,7 +3,7 @@ method, host, path, bytes in and out, duration."""
 import re
 import socket
 
-from tests.integration.harness import Backend, Sozu, free_port, http_apps_config, read_response, request, wait_for
+from tests.integration.harness import free_port, http_apps_config, read_response, request, wait_for
 
 LINE = re.compile(r"ACCESS WRK-0 \d+ (?P<client>\S+) (?P<app>\S+) (?P<backend>\S+) (?P<status>\d+) (?P<method>\S+) "
                   r"(?P<host>\S+) (?P<path>\S+) in=(?P<bytes_in>\d+) out=(?P<bytes_out>\d+) (?P<ms>[\d.]+)ms$")

@@ -6,8 +6,7 @@ import threading
 
 import pytest
 
-from tests.integration.harness import (Backend, RawBackend, Sozu, free_port, http_apps_config, read_response,
-                                       request, wait_for)
+from tests.integration.harness import (Backend, RawBackend, Sozu, free_port, http_apps_config, request, wait_for)
 
 H = b"Host: localhost\r\n"
 

@@ -2,7 +2,6 @@
 unique across workers and restarts), hop-by-hop headers in both directions."""
 import re
 import socket
-import time
 
 import pytest
 

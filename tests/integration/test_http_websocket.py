@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.integration.harness import RawBackend, Sozu, free_port, http_apps_config, read_response, wait_for
+from tests.integration.harness import RawBackend, Sozu, free_port, http_apps_config, read_response
 
 HANDSHAKE = (b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")

@@ -17,7 +17,7 @@ import pytest
 
 from sozu import proxy_protocol
 from tests.integration.certs import TestCA, key_pem, new_key
-from tests.integration.harness import Backend, Sozu, free_port, wait_for
+from tests.integration.harness import Backend, Sozu, free_port
 
 OPENSSL = "openssl"
 
