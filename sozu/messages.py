@@ -663,7 +663,7 @@ def _decode(raw: bytes) -> dict | MessageError | None:
     return obj
 
 
-# JSON may escape a lone UTF-16 surrogate ("\\ud800"), which Python decodes into a str that no
+# JSON may escape a lone UTF-16 surrogate ("\ud800"), which Python decodes into a str that no
 # UTF-8 writer accepts: refused at the gate, as Sozu's serde_json does, so that it can never
 # fail later in a worker (an answer text, a log line). Only messages with such an escape pay.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
