@@ -106,6 +106,7 @@ class ApplicationConfig:
     sticky_session: bool = False
     https_redirect: bool = False
     send_proxy: bool = False
+    send_proxy_version: int = 2        # the PROXY protocol version sent: 2, or 1 for old backends
     load_balancing_policy: str = "roundrobin"   # as spelled in the file
     frontends: tuple[FrontendConfig, ...] = ()
     backends: tuple[BackendConfig, ...] = ()
@@ -161,6 +162,7 @@ class Config:
                 "app_id": app.app_id, "sticky_session": app.sticky_session,
                 "https_redirect": app.https_redirect,
                 "proxy_protocol": "SendHeader" if app.send_proxy else None,
+                "send_proxy_version": app.send_proxy_version,
                 "load_balancing_policy": LOAD_BALANCING_POLICIES[app.load_balancing_policy],
                 "answer_503": app.answer_503}))
         for app in self.applications:
@@ -584,12 +586,15 @@ def _parse_application(table: _Table, app_id: str, listeners: dict, owners: _Own
                      "no such key on tcp applications")
     frontends = tuple(_parse_frontend(front, app_id, protocol, listeners, owners) for front in table.tables(
         "frontends", FrontendConfig, "an array of frontend tables", ("certificate_path",)))
+    if not table.data.get("send_proxy"):
+        table.refuse(("send_proxy_version",), "only with send_proxy = true", "send_proxy = true first")
     items = table.array("backends", 'an array of "IP:PORT" strings or backend tables')
     backends = tuple(_parse_backend(table, index, item, app_id, owners) for index, item in enumerate(items))
     return ApplicationConfig(
         app_id=app_id, protocol=protocol, frontends=frontends, backends=backends,
         sticky_session=table.boolean("sticky_session"), https_redirect=table.boolean("https_redirect"),
         send_proxy=table.boolean("send_proxy"), answer_503=table.answer("answer_503"),
+        send_proxy_version=table.integer("send_proxy_version", 1, 2),
         load_balancing_policy=table.choice("load_balancing_policy", tuple(LOAD_BALANCING_POLICIES)))
 
 

@@ -327,6 +327,8 @@ _APPLICATION = _object({
     "sticky_session": (_bool, False),
     "https_redirect": (_bool, False),
     "proxy_protocol": (_optional(_enum(PROXY_PROTOCOLS)), None),
+    # Not in Sozu 0.11: the PROXY protocol version sent to backends of SendHeader applications.
+    "send_proxy_version": (_int_range(1, 2), 2),
     "load_balancing_policy": (_enum(POLICIES), "RoundRobin"),
     "answer_503": (_optional(_str), None),
 })

@@ -227,6 +227,11 @@ def _same_family(source: Address, destination: Address):
     return src, dst
 
 
+def encode(version: int, source: Address | None, destination: Address | None) -> bytes:
+    """The header an application's `send_proxy_version` asks for."""
+    return encode_v1(source, destination) if version == 1 else encode_v2(source, destination)
+
+
 def encode_v1(source: Address | None, destination: Address | None) -> bytes:
     """A v1 header; UNKNOWN when an end is not known."""
     if source is None or destination is None:

@@ -44,7 +44,6 @@ from sozu.listeners import connect
 log = logging.getLogger("sozu.tcp")
 access_log = logging.getLogger("sozu.access")
 
-SEND_PROXY_VERSION = 2  # the header sent to backends of SendHeader applications (1 or 2)
 
 
 # --- PROXY protocol on incoming connections ---------------------------------------------------
@@ -226,7 +225,8 @@ def serve(ctx, listener, sock, client_address) -> None:
             return
         backend_address = backend.address
         if proxy_mode in ("SendHeader", "RelayHeader"):
-            connection.sendall(_proxy_header(proxy_mode, received.get("header"), client, sock))
+            connection.sendall(_proxy_header(proxy_mode, received.get("header"), client, sock,
+                                             application.get("send_proxy_version", 2)))
         sock.settimeout(None)
         connection.settimeout(None)
         relay = Relay(sock, connection, ctx.buffer_size, listener.front_timeout,
@@ -287,7 +287,7 @@ def _connect(ctx, listener, app_id: str, backends):
 
 
 
-def _proxy_header(mode: str, received, client, sock) -> bytes:
+def _proxy_header(mode: str, received, client, sock, version: int) -> bytes:
     if mode == "RelayHeader" and received is not None:
         return received.raw
     destination = None
@@ -296,9 +296,7 @@ def _proxy_header(mode: str, received, client, sock) -> bytes:
     if destination is None:
         destination = sock.getsockname()[:2]
     source = client[:2] if client else None
-    if SEND_PROXY_VERSION == 1:
-        return proxy_protocol.encode_v1(source, destination)
-    return proxy_protocol.encode_v2(source, destination)
+    return proxy_protocol.encode(version, source, destination)
 
 
 def _ip(client_address) -> str:

@@ -723,10 +723,10 @@ def test_to_orders_of_a_representative_config():
         Order("ADD_CERTIFICATE", {"front": "[::1]:8443", "names": [], "certificate": {
             "certificate": pem("cert.pem"), "key": pem("key.pem"), "certificate_chain": [pem("ca.pem")]}}),
         Order("ADD_APPLICATION", {"app_id": "MyApp", "sticky_session": True, "https_redirect": True,
-                                  "proxy_protocol": None, "load_balancing_policy": "LeastConnections",
+                                  "proxy_protocol": None, "send_proxy_version": 2, "load_balancing_policy": "LeastConnections",
                                   "answer_503": pem("503.http")}),
         Order("ADD_APPLICATION", {"app_id": "db", "sticky_session": False, "https_redirect": False,
-                                  "proxy_protocol": "SendHeader", "load_balancing_policy": "RoundRobin",
+                                  "proxy_protocol": "SendHeader", "send_proxy_version": 2, "load_balancing_policy": "RoundRobin",
                                   "answer_503": None}),
         Order("ADD_BACKEND", {"app_id": "MyApp", "backend_id": "MyApp-0", "address": "127.0.0.1:1026",
                               "sticky_id": "s1", "load_balancing_parameters": {"weight": 50}, "backup": False}),
@@ -910,3 +910,15 @@ def test_an_expired_certificate_is_refused_as_at_runtime(tmp_path):
         parse(text, str(tmp_path / "sozu.toml"))
     assert error.value.key == "applications.a.frontends[0].certificate"
     assert "old.pem: expired on" in str(error.value)
+
+
+def test_send_proxy_version_goes_with_send_proxy():
+    base = ('command_socket = "s"\n[[listeners]]\nprotocol = "tcp"\naddress = "127.0.0.1:5000"\n'
+            '[applications.t]\nprotocol = "tcp"\nfrontends = [ { address = "127.0.0.1:5000" } ]\n')
+    c = parse(base + "send_proxy = true\nsend_proxy_version = 1\n", "/x/sozu.toml")
+    add = next(o for o in c.to_orders() if o.type == "ADD_APPLICATION")
+    assert (add.data["proxy_protocol"], add.data["send_proxy_version"]) == ("SendHeader", 1)
+    with pytest.raises(ConfigError, match=r"applications\.t\.send_proxy_version: only with send_proxy"):
+        parse(base + "send_proxy_version = 1\n", "/x/sozu.toml")
+    with pytest.raises(ConfigError, match=r"applications\.t\.send_proxy_version"):
+        parse(base + "send_proxy = true\nsend_proxy_version = 3\n", "/x/sozu.toml")

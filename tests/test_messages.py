@@ -28,7 +28,7 @@ HTTP_LISTENER_DEFAULTS = {
 DEFAULTS = [
     ("ADD_APPLICATION", {"app_id": "MyApp"},
      {"app_id": "MyApp", "sticky_session": False, "https_redirect": False,
-      "proxy_protocol": None, "load_balancing_policy": "RoundRobin", "answer_503": None}),
+      "proxy_protocol": None, "send_proxy_version": 2, "load_balancing_policy": "RoundRobin", "answer_503": None}),
     ("REMOVE_APPLICATION", "MyApp", "MyApp"),
     ("ADD_HTTP_FRONT", {"app_id": "A", "address": "127.0.0.1:80", "hostname": "example.com"},
      {"app_id": "A", "address": "127.0.0.1:80", "hostname": "example.com", "path_begin": ""}),

@@ -10,7 +10,7 @@ Usage:
   sozuctl [options] state load --file=FILE
   sozuctl [options] state dump
   sozuctl [options] application add --id=APP [--sticky-session] [--https-redirect]
-            [--send-proxy | --expect-proxy] [--load-balancing-policy=POLICY]
+            [--send-proxy [--send-proxy-version=N] | --expect-proxy] [--load-balancing-policy=POLICY]
   sozuctl [options] application remove --id=APP
   sozuctl [options] backend add --id=APP --backend-id=B --address=IP:PORT [--weight=N]
             [--sticky-id=S] [--backup]
@@ -269,10 +269,12 @@ def _application_add(a: dict) -> Command:
                        f"not {a['--load-balancing-policy']!r}")
     proxy_protocol = "SendHeader" if a["--send-proxy"] else \
         "ExpectHeader" if a["--expect-proxy"] else None
-    return _proxy("ADD_APPLICATION", {
-        "app_id": a["--id"], "sticky_session": a["--sticky-session"],
-        "https_redirect": a["--https-redirect"], "proxy_protocol": proxy_protocol,
-        "load_balancing_policy": POLICIES[policy]})
+    data = {"app_id": a["--id"], "sticky_session": a["--sticky-session"],
+            "https_redirect": a["--https-redirect"], "proxy_protocol": proxy_protocol,
+            "load_balancing_policy": POLICIES[policy]}
+    if a["--send-proxy-version"] is not None:
+        data["send_proxy_version"] = _int(a, "--send-proxy-version", minimum=1)
+    return _proxy("ADD_APPLICATION", data)
 
 
 def _application_remove(a: dict) -> Command:

@@ -51,6 +51,7 @@ from itertools import count
 import gevent
 from gevent import socket
 
+from sozu import proxy_protocol
 from sozu.http import answers, headers
 from sozu.http.parser import (DEFAULT_LIMITS, ChunkedFramer, ProtocolError, parse_request_head,
                               parse_response_head)
@@ -59,6 +60,7 @@ from sozu.listeners import connect
 log = logging.getLogger("sozu.http")
 access_log = logging.getLogger("sozu.access")
 
+SENDS_PROXY = ("SendHeader", "RelayHeader")
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # A partial head is parsed again only when a line may have ended or it grew this much: a client
@@ -110,6 +112,7 @@ class BackendSocket(socket.socket):
     """A backend connection, with the bytes read from it that no response has used yet."""
 
     pending: bytearray
+    private = False  # carries one client's requests only (PROXY protocol): never pooled
     idle_since: float  # set by the backend pool
 
 
@@ -135,6 +138,7 @@ class HttpSession:
         self.ctx = ctx
         self.listener = listener
         self.sock = sock
+        self.client_address = client_address
         self.client_ip = client_address[0] if client_address else "-"
         self.accepted = time.monotonic()
         self.buf = bytearray()
@@ -259,7 +263,9 @@ class HttpSession:
         sticky_id = headers.sticky_cookie(head, listener.sticky_name) if sticky else None
         framer = self.check_chunked_start() if head.chunked else None
         replayable = not body and head.method in IDEMPOTENT
-        fresh = False
+        # A backend that reads a PROXY header learns the client from its connection: such a
+        # connection carries this client's requests only, so it is never taken from the pool.
+        fresh = application["proxy_protocol"] in SENDS_PROXY
         while True:
             backend, connection, reused = self.connect_backend(app_id, application, sticky_id, fresh, replayable)
             try:
@@ -311,6 +317,9 @@ class HttpSession:
                 log.info("backend %s (%s) of %s is up again", backend.backend_id, backend.address, app_id)
                 ctx.event("BACKEND_UP", app_id, backend)
             self.exchange.backend = backend.address
+            if application["proxy_protocol"] in SENDS_PROXY:
+                connection.private = True
+                self.send_proxy_header(connection, application.get("send_proxy_version", 2))
             return backend, connection, False
         now = time.monotonic()
         if _no_backend_reported.get(app_id, 0.0) <= now - EVENT_INTERVAL:
@@ -318,6 +327,14 @@ class HttpSession:
             _no_backend_reported[app_id] = now
             ctx.event("NO_AVAILABLE_BACKENDS", app_id, None)
         raise Answer(503, "no backend could be reached", body=self.answer_503(application))
+
+    def send_proxy_header(self, connection, version: int) -> None:
+        destination = self.sock.getsockname()[:2]
+        source = self.client_address[:2] if self.client_address else None
+        try:
+            send_all(connection, proxy_protocol.encode(version, source, destination))
+        except OSError as error:
+            raise Answer(502, f"sending the PROXY header failed: {error}") from None
 
     def answer_503(self, application) -> bytes | None:
         if application.get("answer_503"):
@@ -470,7 +487,8 @@ class HttpSession:
         clean = self.copy_response_body(response, connection, head_bytes)
         # An HTTP/1.0 request told the backend to close, whatever its answer says; a request
         # whose body could not all be sent left the connection in an unknown state.
-        if clean and response.keep_alive and not (http10 or connection.pending or self.body_unread):
+        if clean and response.keep_alive and not (http10 or connection.pending or self.body_unread
+                                                  or connection.private):
             self.ctx.backend_pool.put(backend.address, connection)
         else:
             connection.close()

@@ -371,6 +371,19 @@ def test_expect_proxy_then_send_proxy_carries_the_real_client(env):
     assert proxied.headers[-1].source == ("2001:db8::7", 5555)
 
 
+def test_send_proxy_version_1_on_request_at_runtime(env):
+    proxied, sozu = env["proxied"], env["sozu"]
+    settings = {"app_id": "proxied", "proxy_protocol": "SendHeader"}
+    try:
+        assert sozu.order("ADD_APPLICATION", dict(settings, send_proxy_version=1))["status"] == "OK"
+        header = b"PROXY TCP4 203.0.113.9 192.0.2.80 40000 443\r\n"
+        assert round_trip(env["ports"]["proxy"], header + b"v1") == b"v1"
+        received = proxied.headers[-1]
+        assert (received.version, received.source) == (1, ("203.0.113.9", 40000))
+    finally:
+        assert sozu.order("ADD_APPLICATION", settings)["status"] == "OK"
+
+
 @pytest.mark.parametrize("garbage", [
     b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
     b"PROXY TCP4 203.0.113.9 192.0.2.80 40000 99999\r\npayload",
