@@ -20,6 +20,15 @@ def backend():
         b.stop()
 
 
+@pytest.fixture(scope="module")
+def backends():
+    """Two backends, b1 and b2, shared by the tests of a module."""
+    started = [Backend("b1"), Backend("b2")]
+    yield started
+    for b in started:
+        b.stop()
+
+
 @pytest.fixture
 def sozu(tmp_path):
     """sozu(config_text) -> a started Sozu; stopped (and its process group killed) at the end."""

@@ -5,6 +5,7 @@ the test that started it (fixtures in conftest.py), even when the test fails.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -153,6 +154,20 @@ class Sozu:
         if self.process.poll() is None:
             self.process.wait(5)
         self.log_file.close()
+
+
+@contextlib.contextmanager
+def running_proxy(tmp: Path, backend_port: int, extra: str = ""):
+    """A started sozu routing Host: localhost on a fresh port to backend_port; stopped at exit.
+    It carries .port, .address ("127.0.0.1:PORT") and .dir."""
+    port = free_port()
+    s = Sozu(tmp, http_config(tmp, port, [backend_port], extra=extra))
+    try:
+        s.start()
+        s.port, s.address, s.dir = port, f"127.0.0.1:{port}", tmp
+        yield s
+    finally:
+        s.stop()
 
 
 def http_config(socket_path_dir: Path, listen_port: int, backends: list[int], *, worker_count: int = 2,

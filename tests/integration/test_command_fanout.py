@@ -19,8 +19,16 @@ import time
 
 import pytest
 
-from tests.integration.harness import (PYTHON, ROOT, Backend, Sozu, free_port, http_config,
-                                       wait_for)
+from tests.integration.harness import (
+    PYTHON,
+    ROOT,
+    Backend,
+    Sozu,
+    free_port,
+    http_config,
+    running_proxy,
+    wait_for,
+)
 
 COMMAND_TIMEOUT_MS = 400
 
@@ -45,26 +53,9 @@ def hashes_agree(proxy) -> bool:
 
 
 @pytest.fixture(scope="module")
-def backends():
-    started = [Backend("b1"), Backend("b2")]
-    yield started
-    for b in started:
-        b.stop()
-
-
-@pytest.fixture(scope="module")
 def proxy(tmp_path_factory, backends):
-    tmp = tmp_path_factory.mktemp("fanout")
-    port = free_port()
-    s = Sozu(tmp, http_config(tmp, port, [backends[0].port],
-                              extra=f"ctl_command_timeout = {COMMAND_TIMEOUT_MS}"))
-    try:
-        s.start()
-        s.port = port
-        s.address = f"127.0.0.1:{port}"
+    with running_proxy(tmp_path_factory.mktemp("fanout"), backends[0].port, extra=f"ctl_command_timeout = {COMMAND_TIMEOUT_MS}") as s:
         yield s
-    finally:
-        s.stop()
 
 
 def add_app(proxy, app_id: str, hostname: str, backend: Backend, path_begin: str = "") -> None:

@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from sozu.metrics import percentiles
-from tests.integration.harness import Backend, Sozu, free_port, http_config, wait_for
+from tests.integration.harness import (
+    Backend,
+    Sozu,
+    free_port,
+    http_config,
+    running_proxy,
+    wait_for,
+)
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "config"
 
@@ -35,25 +42,9 @@ def ok(answer: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def backends():
-    started = [Backend("b1"), Backend("b2")]
-    yield started
-    for b in started:
-        b.stop()
-
-
-@pytest.fixture(scope="module")
 def proxy(tmp_path_factory, backends):
-    tmp = tmp_path_factory.mktemp("orders")
-    port = free_port()
-    s = Sozu(tmp, http_config(tmp, port, [backends[0].port]))
-    try:
-        s.start()
-        s.port = port
-        s.address = f"127.0.0.1:{port}"
+    with running_proxy(tmp_path_factory.mktemp("orders"), backends[0].port) as s:
         yield s
-    finally:
-        s.stop()
 
 
 def backend_data(app_id: str, backend: Backend, **extra) -> dict:

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Backend, Sozu, free_port, http_config, wait_for
+from tests.integration.harness import (
+    Sozu,
+    free_port,
+    http_config,
+    running_proxy,
+    wait_for,
+)
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "config"
 
@@ -29,24 +35,9 @@ def get(port: int, host: str, path: str = "/"):
 
 
 @pytest.fixture(scope="module")
-def backends():
-    started = [Backend("b1"), Backend("b2")]
-    yield started
-    for b in started:
-        b.stop()
-
-
-@pytest.fixture(scope="module")
 def proxy(tmp_path_factory, backends):
-    tmp = tmp_path_factory.mktemp("sozuctl")
-    port = free_port()
-    s = Sozu(tmp, http_config(tmp, port, [backends[0].port]))
-    try:
-        s.start()
-        s.port, s.address, s.dir = port, f"127.0.0.1:{port}", tmp
+    with running_proxy(tmp_path_factory.mktemp("sozuctl"), backends[0].port) as s:
         yield s
-    finally:
-        s.stop()
 
 
 def ctl(proxy, *args: str, code: int = 0):
