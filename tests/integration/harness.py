@@ -157,17 +157,29 @@ class Sozu:
 
 
 @contextlib.contextmanager
-def running_proxy(tmp: Path, backend_port: int, extra: str = ""):
+def running_proxy(tmp: Path, backend_port: int, extra: str = "", worker_count: int = 2):
     """A started sozu routing Host: localhost on a fresh port to backend_port; stopped at exit.
     It carries .port, .address ("127.0.0.1:PORT") and .dir."""
     port = free_port()
-    s = Sozu(tmp, http_config(tmp, port, [backend_port], extra=extra))
+    s = Sozu(tmp, http_config(tmp, port, [backend_port], extra=extra, worker_count=worker_count))
     try:
         s.start()
         s.port, s.address, s.dir = port, f"127.0.0.1:{port}", tmp
         yield s
     finally:
         s.stop()
+
+
+@contextlib.contextmanager
+def proxy_and_backend(tmp: Path, name: str, worker_count: int = 1):
+    """running_proxy() in front of its own Backend(name), which it carries as .backend."""
+    backend = Backend(name)
+    try:
+        with running_proxy(tmp, backend.port, worker_count=worker_count) as s:
+            s.backend = backend
+            yield s
+    finally:
+        backend.stop()
 
 
 def http_config(socket_path_dir: Path, listen_port: int, backends: list[int], *, worker_count: int = 2,

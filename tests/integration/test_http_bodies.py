@@ -9,22 +9,24 @@ import time
 
 import pytest
 
-from tests.integration.harness import (Backend, RawBackend, Sozu, echo, free_port, http_config, read_response,
-                                       request)
+from tests.integration.harness import (
+    RawBackend,
+    Sozu,
+    echo,
+    free_port,
+    http_config,
+    proxy_and_backend,
+    read_response,
+    request,
+)
 
 H = b"Host: localhost\r\n"
 
 
 @pytest.fixture(scope="module")
 def proxy1(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("bodies")
-    backend = Backend("bodies")
-    port = free_port()
-    proxy = Sozu(tmp, http_config(tmp, port, [backend.port], worker_count=1)).start()
-    proxy.port, proxy.backend, proxy.dir = port, backend, tmp
-    yield proxy
-    proxy.stop()
-    backend.stop()
+    with proxy_and_backend(tmp_path_factory.mktemp("bodies"), "bodies") as proxy:
+        yield proxy
 
 
 def connect(proxy):

@@ -5,20 +5,21 @@ import socket
 
 import pytest
 
-from tests.integration.harness import (Backend, RawBackend, Sozu, echo, free_port, http_config, read_response,
-                                       request)
+from tests.integration.harness import (
+    RawBackend,
+    echo,
+    free_port,
+    http_config,
+    proxy_and_backend,
+    read_response,
+    request,
+)
 
 
 @pytest.fixture(scope="module")
 def proxy1(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("headers")
-    backend = Backend("h")
-    port = free_port()
-    proxy = Sozu(tmp, http_config(tmp, port, [backend.port], worker_count=1)).start()
-    proxy.port, proxy.backend = port, backend
-    yield proxy
-    proxy.stop()
-    backend.stop()
+    with proxy_and_backend(tmp_path_factory.mktemp("headers"), "h") as proxy:
+        yield proxy
 
 
 def test_forwarding_headers_are_added(proxy1):

@@ -7,22 +7,24 @@ import time
 
 import pytest
 
-from tests.integration.harness import (Backend, RawBackend, Sozu, free_port, http_config, raw_request, read_response,
-                                       wait_for)
+from tests.integration.harness import (
+    RawBackend,
+    Sozu,
+    free_port,
+    http_config,
+    proxy_and_backend,
+    raw_request,
+    read_response,
+    wait_for,
+)
 
 H = b"Host: localhost\r\n"
 
 
 @pytest.fixture(scope="module")
 def strict(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("strict")
-    backend = Backend("strict")
-    port = free_port()
-    proxy = Sozu(tmp, http_config(tmp, port, [backend.port], worker_count=1)).start()
-    proxy.port, proxy.backend = port, backend
-    yield proxy
-    proxy.stop()
-    backend.stop()
+    with proxy_and_backend(tmp_path_factory.mktemp("strict"), "strict") as proxy:
+        yield proxy
 
 
 def status_of(answer: bytes) -> int:
