@@ -43,6 +43,7 @@ from sozu import logs, tcp, tls
 from sozu.channel import ChannelClosed, WorkerChannel
 from sozu.http import answers
 from sozu.http.backend_pool import BackendPool
+from sozu.http.deadlines import Deadlines
 from sozu.http.session import serve as serve_http
 from sozu.lb import Balancer
 from sozu.messages import MessageError, Order
@@ -99,6 +100,7 @@ class Worker:
         self.listener_infos: dict[str, ListenerInfo] = {}
         self.balancer = Balancer()
         self.backend_pool = BackendPool()
+        self.deadlines = Deadlines()
         self.tls = tls.TlsContexts()  # per https listener: SSL contexts, built on state changes
         self.metrics = Metrics()
         self.idle_sockets: set = set()
@@ -357,6 +359,7 @@ class Worker:
         gevent.signal_handler(signal.SIGQUIT, self.hard_stop)
         reader = gevent.spawn(self.read_channel)
         gevent.spawn(self.watch_capacity)
+        gevent.spawn(self.deadlines.run)
         self.channel.send({"type": "READY", "data": {"listeners": sorted(self.servers)}})
         log.info("worker %d serving %d listeners", self.worker_id, len(self.servers))
         self.stopped.wait()

@@ -10,6 +10,7 @@ gevent = pytest.importorskip("gevent")
 from gevent import socket as gsocket  # noqa: E402
 
 from sozu.http import session  # noqa: E402
+from sozu.http.deadlines import Deadlines  # noqa: E402
 
 
 class Listener:
@@ -43,6 +44,7 @@ class Ctx:
 
     def __init__(self, metrics=None, router=None):
         self.idle_sockets = set()
+        self.deadlines = Deadlines()
         self.metrics = metrics or Metrics()
         self.router = router or Router()
         self.applications = {}

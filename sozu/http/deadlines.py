@@ -1,0 +1,69 @@
+"""Session deadlines, checked by one greenlet per worker (gevent; worker only).
+
+Theory of operation
+-------------------
+gevent enforces a socket timeout by arming a Timeout object (a libev timer) for every wait
+that would block, and disarming it after: two of them per proxied request, at a cost measured
+at a third of a worker's CPU on small requests. Sozu's timeouts are inactivity bounds of whole
+seconds, so they need no such precision: a session's sockets have no timeout, and before each
+step that may wait it *arms* its deadline (`now + timeout`), which is two attribute writes.
+
+The Deadlines greenlet wakes every TICK. Sessions are filed in buckets by the tick of their
+deadline; a session whose deadline moved later is filed again when its bucket comes up, so a
+session holds one or two entries, however often it re-arms. A session past its deadline gets
+socket.timeout thrown into its greenlet, where it waits: the error handling at that wait (408,
+504, a quiet close) is the one a socket timeout would have reached. A timeout fires at most
+TICK late.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+
+import gevent
+from gevent import socket
+
+TICK = 0.1  # s
+
+
+class Deadlines:
+    def __init__(self, tick: float = TICK):
+        self.tick = tick
+        self.buckets: dict[int, list] = defaultdict(list)
+
+    def arm(self, session, seconds: float) -> None:
+        """The session's next waits must end within `seconds` (math.inf: no bound)."""
+        deadline = time.monotonic() + seconds
+        session.deadline = deadline
+        if deadline < session.filed_at and deadline != math.inf:
+            slot = int(deadline / self.tick) + 1
+            session.filed_at = slot * self.tick
+            self.buckets[slot].append(session)
+
+    @staticmethod
+    def disarm(session) -> None:
+        session.deadline = math.inf
+
+    def run(self) -> None:
+        slot = int(time.monotonic() / self.tick)
+        while True:
+            gevent.sleep(self.tick)
+            now = time.monotonic()
+            current = int(now / self.tick)
+            while slot <= current:
+                for session in self.buckets.pop(slot, ()):
+                    self.check(session, now)
+                slot += 1
+
+    def check(self, session, now: float) -> None:
+        session.filed_at = math.inf
+        if session.deadline <= now:
+            session.deadline = math.inf
+            greenlet = session.greenlet
+            if greenlet is not None and not greenlet.dead:
+                greenlet.kill(socket.timeout("timed out"), block=False)
+        elif session.deadline != math.inf:  # moved later since it was filed: file it again
+            slot = int(session.deadline / self.tick) + 1
+            session.filed_at = slot * self.tick
+            self.buckets[slot].append(session)
