@@ -10,7 +10,8 @@ step that may wait it *arms* its deadline (`now + timeout`), which is two attrib
 
 The Deadlines greenlet wakes every TICK. Sessions are filed in buckets by the tick of their
 deadline; a session whose deadline moved later is filed again when its bucket comes up, so a
-session holds one or two entries, however often it re-arms. A session past its deadline gets
+session holds one or two entries, however often it re-arms. Entries are weak references: a
+finished session is not kept alive until its bucket comes up. A session past its deadline gets
 socket.timeout thrown into its greenlet, where it waits: the error handling at that wait (408,
 504, a quiet close) is the one a socket timeout would have reached. A timeout fires at most
 TICK late.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from collections import defaultdict
 
 import gevent
@@ -39,7 +41,7 @@ class Deadlines:
         if deadline < session.filed_at and deadline != math.inf:
             slot = int(deadline / self.tick) + 1
             session.filed_at = slot * self.tick
-            self.buckets[slot].append(session)
+            self.buckets[slot].append(weakref.ref(session))
 
     @staticmethod
     def disarm(session) -> None:
@@ -52,8 +54,10 @@ class Deadlines:
             now = time.monotonic()
             current = int(now / self.tick)
             while slot <= current:
-                for session in self.buckets.pop(slot, ()):
-                    self.check(session, now)
+                for ref in self.buckets.pop(slot, ()):
+                    session = ref()
+                    if session is not None:
+                        self.check(session, now)
                 slot += 1
 
     def check(self, session, now: float) -> None:
@@ -66,4 +70,4 @@ class Deadlines:
         elif session.deadline != math.inf:  # moved later since it was filed: file it again
             slot = int(session.deadline / self.tick) + 1
             session.filed_at = slot * self.tick
-            self.buckets[slot].append(session)
+            self.buckets[slot].append(weakref.ref(session))
