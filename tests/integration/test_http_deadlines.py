@@ -1,74 +1,71 @@
-"""The Deadlines greenlet, in process: a session waiting past its deadline gets socket.timeout
-where it waits; re-arming later postpones it; a finished session is not kept alive."""
-import gc
-import math
-import time
-import weakref
+"""The Deadlines greenlet: a session waiting past its deadline gets socket.timeout where it
+waits; re-arming later postpones it; a finished session is not kept alive.
 
-import pytest
+Each scenario runs in a child Python process: a gevent hub left in the test process (sockets it
+closes later, by number) once closed a descriptor that a later test's listening socket had
+reused, so that test talked to the wrong server."""
+import json
+import subprocess
+import sys
 
-gevent = pytest.importorskip("gevent")
-from gevent import socket as gsocket  # noqa: E402
+from tests.integration.harness import ROOT
 
-from sozu.http.deadlines import Deadlines  # noqa: E402
+SCENARIOS = r'''
+import gc, json, math, sys, time, weakref
+import gevent
+from gevent import socket
+from sozu.http.deadlines import Deadlines
 
-
-class Waiter:
-    """Stands for a session: waits on a socket that never receives anything."""
-
-    def __init__(self, deadlines, seconds, rearm_after=None, rearm_seconds=None):
+class Session:
+    def __init__(self):
         self.deadline = self.filed_at = math.inf
         self.greenlet = None
-        self.deadlines, self.seconds = deadlines, seconds
-        self.rearm_after, self.rearm_seconds = rearm_after, rearm_seconds
 
-    def run(self):
-        self.greenlet = gevent.getcurrent()
-        a, b = gsocket.socketpair()
-        start = time.monotonic()
-        try:
-            self.deadlines.arm(self, self.seconds)
-            if self.rearm_after is not None:
-                gevent.sleep(self.rearm_after)
-                self.deadlines.arm(self, self.rearm_seconds)
-            a.recv(1)
-        except gsocket.timeout:
-            return time.monotonic() - start
-        finally:
-            a.close()
-            b.close()
-
-
-@pytest.fixture
-def deadlines():
-    d = Deadlines()
-    runner = gevent.spawn(d.run)
-    yield d
-    runner.kill()
-
-
-def test_a_wait_past_its_deadline_gets_socket_timeout(deadlines):
-    waiter = Waiter(deadlines, 0.3)
-    elapsed = gevent.spawn(waiter.run).get(timeout=5)
-    assert 0.3 <= elapsed < 0.3 + 2 * deadlines.tick
-
-
-def test_rearming_later_postpones_the_timeout(deadlines):
-    waiter = Waiter(deadlines, 0.2, rearm_after=0.1, rearm_seconds=0.5)
-    elapsed = gevent.spawn(waiter.run).get(timeout=5)
-    assert 0.6 <= elapsed < 0.6 + 2 * deadlines.tick
-
-
-def test_a_disarmed_session_is_left_alone_and_not_kept_alive(deadlines):
-    class Session:
-        deadline = filed_at = math.inf
-        greenlet = None
-
+def wait(deadlines, seconds, rearm_after=None, rearm_seconds=None):
     session = Session()
-    deadlines.arm(session, 0.1)
-    deadlines.disarm(session)
-    ref = weakref.ref(session)
-    del session
-    gc.collect()
-    assert ref() is None
-    gevent.sleep(0.3)  # its bucket comes up: nothing to do, nothing raised
+    session.greenlet = gevent.getcurrent()
+    a, b = socket.socketpair()
+    start = time.monotonic()
+    try:
+        deadlines.arm(session, seconds)
+        if rearm_after is not None:
+            gevent.sleep(rearm_after)
+            deadlines.arm(session, rearm_seconds)
+        a.recv(1)
+        return None
+    except socket.timeout:
+        return time.monotonic() - start
+    finally:
+        a.close()
+        b.close()
+
+deadlines = Deadlines()
+gevent.spawn(deadlines.run)
+result = {"tick": deadlines.tick}
+result["plain"] = gevent.spawn(wait, deadlines, 0.3).get(timeout=5)
+result["rearmed"] = gevent.spawn(wait, deadlines, 0.2, 0.1, 0.5).get(timeout=5)
+session = Session()
+deadlines.arm(session, 0.1)
+deadlines.disarm(session)
+ref = weakref.ref(session)
+del session
+gc.collect()
+result["collected"] = ref() is None
+gevent.sleep(0.3)  # its bucket comes up: nothing to do, nothing raised
+print(json.dumps(result))
+'''
+
+
+def run_scenarios() -> dict:
+    out = subprocess.run([sys.executable, "-c", SCENARIOS], cwd=ROOT, capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_deadlines():
+    result = run_scenarios()
+    tick = result["tick"]
+    assert 0.3 <= result["plain"] < 0.3 + 2 * tick, "a wait past its deadline gets socket.timeout"
+    assert 0.6 <= result["rearmed"] < 0.6 + 2 * tick, "re-arming later postpones the timeout"
+    assert result["collected"], "a finished session is not kept alive by its bucket entry"
