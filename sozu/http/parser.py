@@ -35,7 +35,7 @@ import re
 from dataclasses import dataclass
 
 __all__ = [
-    "DEFAULT_LIMITS", "HOP_BY_HOP", "ChunkedFramer", "Limits", "ProtocolError", "RequestHead",
+    "DEFAULT_LIMITS", "ChunkedFramer", "Limits", "ProtocolError", "RequestHead",
     "ResponseHead", "parse_request_head", "parse_response_head",
 ]
 
@@ -62,10 +62,6 @@ class Limits:
 
 DEFAULT_LIMITS = Limits()
 
-HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade",
-    b"proxy-connection", b"proxy-authenticate", b"proxy-authorization",
-})
 
 
 @dataclass(slots=True)

@@ -4,7 +4,6 @@ import pytest
 
 from sozu.http.parser import (
     DEFAULT_LIMITS,
-    HOP_BY_HOP,
     ChunkedFramer,
     Limits,
     ProtocolError,
@@ -122,11 +121,6 @@ def test_leading_empty_lines_are_skipped_and_counted(empty_lines):
 
 def test_too_many_leading_empty_lines():
     assert fails(b"\r\n" * 9 + get(b"Host: a")).status_hint == 400
-
-
-def test_hop_by_hop():
-    assert b"connection" in HOP_BY_HOP and b"proxy-authorization" in HOP_BY_HOP
-    assert all(name == name.lower() for name in HOP_BY_HOP) and len(HOP_BY_HOP) == 9
 
 
 # --- invalid requests -------------------------------------------------------------------------
