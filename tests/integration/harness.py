@@ -574,6 +574,19 @@ def request(port: int, method: str = "GET", path: str = "/", host: str = "localh
             conn.close()
 
 
+def routed_to(port: int, host: str, path: str = "/", timeout: float = 5.0) -> tuple[int, str | None]:
+    """One GET on a fresh connection: (status, the X-Backend that answered it)."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        response = conn.getresponse()
+        response.read()
+        return response.status, response.getheader("X-Backend")
+    finally:
+        conn.close()
+
+
 def echo(response: Response) -> dict:
     """The EchoHandler's JSON, with its headers as a case-insensitive lookup helper."""
     data = json.loads(response.body)

@@ -29,20 +29,11 @@ from tests.integration.harness import (
     running_proxy,
     wait_for,
 )
+from tests.integration.harness import (
+    routed_to as get,
+)
 
 COMMAND_TIMEOUT_MS = 400
-
-
-def get(port: int, host: str, path: str = "/", timeout: float = 5.0):
-    """One request on a fresh connection: (status, X-Backend)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path, headers={"Host": host})
-        response = conn.getresponse()
-        response.read()
-        return response.status, response.getheader("X-Backend")
-    finally:
-        conn.close()
 
 
 def hashes_agree(proxy) -> bool:

@@ -21,19 +21,11 @@ from tests.integration.harness import (
     running_proxy,
     wait_for,
 )
+from tests.integration.harness import (
+    routed_to as get,
+)
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "config"
-
-
-def get(port: int, host: str, path: str = "/", timeout: float = 5.0):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path, headers={"Host": host})
-        response = conn.getresponse()
-        response.read()
-        return response.status, response.getheader("X-Backend")
-    finally:
-        conn.close()
 
 
 def ok(answer: dict) -> dict:

@@ -19,19 +19,11 @@ from tests.integration.harness import (
     running_proxy,
     wait_for,
 )
+from tests.integration.harness import (
+    routed_to as get,
+)
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "config"
-
-
-def get(port: int, host: str, path: str = "/"):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", path, headers={"Host": host})
-        response = conn.getresponse()
-        response.read()
-        return response.status, response.getheader("X-Backend")
-    finally:
-        conn.close()
 
 
 @pytest.fixture(scope="module")
