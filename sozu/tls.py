@@ -336,6 +336,11 @@ class TLSSocket:
             self._flush()  # a read may make OpenSSL answer (a TLS 1.3 key update)
             return data
 
+    def recv_into(self, buffer, size: int) -> int:
+        data = self.recv(size)
+        buffer[:len(data)] = data
+        return len(data)
+
     def sendall(self, data) -> None:
         view = memoryview(data).cast("B")
         for start in range(0, len(view), RECORD_SIZE):

@@ -43,6 +43,7 @@ from sozu import logs, tcp, tls
 from sozu.channel import ChannelClosed, WorkerChannel
 from sozu.http import answers
 from sozu.http.backend_pool import BackendPool
+from sozu.http.buffers import BodyBuffers
 from sozu.http.deadlines import Deadlines
 from sozu.http.session import serve as serve_http
 from sozu.lb import Balancer
@@ -100,6 +101,7 @@ class Worker:
         self.listener_infos: dict[str, ListenerInfo] = {}
         self.balancer = Balancer()
         self.backend_pool = BackendPool()
+        self.body_buffers = BodyBuffers(config.buffer_size)
         self.deadlines = Deadlines()
         self.tls = tls.TlsContexts()  # per https listener: SSL contexts, built on state changes
         self.metrics = Metrics()

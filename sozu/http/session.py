@@ -12,7 +12,8 @@ A session loops over the requests of a keep-alive connection:
   -> route (host, path) to an application, pick a backend, connect (connect_timeout; a failed
      connect marks the backend down and moves on to the next: one dead backend costs no user a
      failed request while another is up)
-  -> forward the rewritten head, stream the body in buffer_size pieces
+  -> forward the rewritten head, stream the body (in buffer_size pieces; a body larger than
+     one piece borrows a buffer of 16 pieces from the worker: sozu.http.buffers)
   -> read the backend's head (back_timeout: 504), forward it rewritten, stream its body
   -> give the backend connection back to the worker's pool when it can carry another request.
 
@@ -157,6 +158,22 @@ class HttpSession:
         # deadline armed before it, enforced by the worker's Deadlines greenlet.
         self.greenlet = gevent.getcurrent()
         self.deadline = self.filed_at = math.inf
+        self.body_buffer = None  # lent by the worker while a large body is copied
+
+    def recv_piece(self, sock, limit: int | None):
+        """A piece of a body (at most limit bytes; None: no limit) read from sock: bytes, or a
+        view into the session's large buffer, valid until the next read. A body that needs
+        more than one buffer_size piece borrows a large buffer from the worker for the rest of
+        the exchange (sozu.http.buffers): one system call per 16 pieces instead of one per piece."""
+        size = self.ctx.buffer_size
+        buffer = self.body_buffer
+        if buffer is None and (limit is None or limit > size):
+            buffer = self.body_buffer = self.ctx.body_buffers.take()
+        if buffer is None:  # a small rest, or every large buffer is lent
+            return sock.recv(size if limit is None or limit > size else limit)
+        if limit is None or limit > len(buffer):
+            limit = len(buffer)
+        return buffer[:sock.recv_into(buffer, limit)]
 
     def arm(self, seconds: float) -> None:
         self.ctx.deadlines.arm(self, seconds)
@@ -236,11 +253,11 @@ class HttpSession:
         self.buf += data
         return True
 
-    def client_recv_body(self) -> bytes:
-        """A piece of a request body, within front_timeout."""
+    def client_recv_body(self, limit: int | None = None):
+        """A piece of a request body (at most limit bytes), within front_timeout."""
         self.arm(self.listener.front_timeout)
         try:
-            data = self.sock.recv(self.ctx.buffer_size)
+            data = self.recv_piece(self.sock, limit)
         except socket.timeout:
             raise Answer(408, "the request body stopped arriving") from None
         except OSError as error:
@@ -398,10 +415,7 @@ class HttpSession:
             remaining -= len(piece)
             exchange.bytes_in += len(piece)
         while remaining > 0:
-            data = self.client_recv_body()
-            if len(data) > remaining:  # the start of a pipelined request
-                buf += data[remaining:]
-                data = data[:remaining]
+            data = self.client_recv_body(remaining)
             self.backend_send(connection, data)
             remaining -= len(data)
             exchange.bytes_in += len(data)
@@ -516,7 +530,6 @@ class HttpSession:
         if kind == "none":
             self.client_send(head)
             return True
-        size = self.ctx.buffer_size
         if kind == "length":
             remaining = response.content_length
             piece = bytes(pending[:remaining])
@@ -524,7 +537,7 @@ class HttpSession:
             self.client_send(head + piece)
             remaining -= len(piece)
             while remaining > 0:
-                data = self.backend_recv(connection, size if size < remaining else remaining)
+                data = self.backend_recv(connection, remaining)
                 if not data:
                     raise Aborted("backend closed in the middle of a response body")
                 self.client_send(data)
@@ -544,7 +557,7 @@ class HttpSession:
                     self.client_send(data if used == len(data) else data[:used])
                     if framer.done:
                         return used == len(data)
-                data = self.backend_recv(connection, size)
+                data = self.backend_recv(connection)
                 if not data:
                     raise Aborted("backend closed in the middle of a chunked response body")
         # "close": the body ends when the backend closes; so does the client connection.
@@ -552,16 +565,17 @@ class HttpSession:
             self.client_send(bytes(pending))
             pending.clear()
         while True:
-            data = self.backend_recv(connection, size)
+            data = self.backend_recv(connection)
             if not data:
                 return False
             self.client_send(data)
 
-    def backend_recv(self, connection, size: int) -> bytes:
-        """After the response head was sent, a failing backend can only end the connection."""
+    def backend_recv(self, connection, limit: int | None = None):
+        """A piece of the response body. After the response head was sent, a failing backend can
+        only end the connection."""
         self.arm(self.listener.back_timeout)
         try:
-            return connection.recv(size)
+            return self.recv_piece(connection, limit)
         except OSError as error:
             raise Aborted(f"backend failed in the middle of a response body: {error}") from None
 
@@ -597,6 +611,9 @@ class HttpSession:
     def finish_exchange(self) -> None:
         exchange, self.exchange = self.exchange, None
         self.response_started = False  # an error in the next request is answered again
+        if self.body_buffer is not None:
+            self.ctx.body_buffers.give(self.body_buffer)
+            self.body_buffer = None
         if exchange is None:
             return
         self.ctx.metrics.record(exchange)

@@ -145,6 +145,24 @@ def test_curl_with_the_test_ca_gets_forwarded_proto_and_port(env):
     assert done.returncode == 0 and done.stdout == "200", (done.stdout, done.stderr)
 
 
+def test_large_bodies_cross_tls_byte_exact_both_ways(env, tmp_path):
+    """Large bodies are copied through the worker's large buffers: over TLS too."""
+    import hashlib
+    upload = tmp_path / "upload"
+    upload.write_bytes(os.urandom(3 * 1024 * 1024 + 7))
+    done = curl(env["port"], "a.test", "/upload", env["ca"].path, "--data-binary", f"@{upload}")
+    assert done.returncode == 0, done.stderr
+    received = json.loads(done.stdout)
+    assert received["body_length"] == upload.stat().st_size
+    assert received["body_sha256"] == hashlib.sha256(upload.read_bytes()).hexdigest()
+    size = 5 * 1024 * 1024 + 3
+    done = subprocess.run(["curl", "-sS", "--max-time", "10", "--cacert", str(env["ca"].path),
+                           "--resolve", f"a.test:{env['port']}:127.0.0.1",
+                           f"https://a.test:{env['port']}/size/{size}"], capture_output=True, timeout=15)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"x" * size
+
+
 @pytest.mark.parametrize("server_name,expected", [
     ("a.test", "a.test"),
     ("A.Test", "a.test"),
