@@ -15,6 +15,8 @@ PERCENTILES = (50, 90, 99, 99.9)
 CORE_COUNTERS = ("requests", "status_1xx", "status_2xx", "status_3xx", "status_4xx", "status_5xx",
                  "bytes_in", "bytes_out", "backend_connect_errors")
 
+STATUS_CLASSES = (None, "status_1xx", "status_2xx", "status_3xx", "status_4xx", "status_5xx")
+
 
 class Metrics:
     def __init__(self):
@@ -29,7 +31,8 @@ class Metrics:
         counters = self.counters
         get = counters.get
         counters["requests"] = get("requests", 0) + 1
-        status_class = f"status_{exchange.status // 100}xx" if exchange.status else "status_none"
+        status = exchange.status
+        status_class = STATUS_CLASSES[status // 100] if 100 <= status < 600 else "status_none"
         counters[status_class] = get(status_class, 0) + 1
         counters["bytes_in"] = get("bytes_in", 0) + exchange.bytes_in
         counters["bytes_out"] = get("bytes_out", 0) + exchange.bytes_out

@@ -80,12 +80,12 @@ class BackendPool:
 
 
 def _alive(connection) -> bool:
-    # A zero timeout makes gevent raise instead of waiting; the session sets its own timeout
-    # before using the connection.
+    # A zero timeout makes gevent raise instead of waiting.
     connection.settimeout(0)
     try:
         connection.recv(1, socket.MSG_PEEK)
     except BlockingIOError:
+        connection.settimeout(None)  # the session bounds its waits with deadlines
         return True  # nothing to read: the normal state of an idle connection
     except OSError:
         return False

@@ -73,6 +73,10 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # A partial head is parsed again only when a line may have ended or it grew this much: a client
 # sending one byte at a time must not cost a parse of the whole buffer per byte.
 REPARSE_GROWTH = 4096
+# The read that brings a response head asks for this many buffer_size pieces (80 KiB): a head
+# with a body of up to 64 KiB then comes in one read and leaves in one send. (bytes of that size
+# are allocated without being filled, and shrunk to what arrived.)
+RESPONSE_READ_PIECES = 5
 LINGER_SECONDS = 2.0  # the longest an error answer waits for the client to stop sending
 EVENT_INTERVAL = 1.0  # s between two NO_AVAILABLE_BACKENDS events of one application
 _no_backend_reported: dict[str, float] = {}  # app_id -> when it was last reported
@@ -266,13 +270,13 @@ class HttpSession:
             raise ClientGone("closed in the middle of a request body")
         return data
 
-    def client_send(self, data) -> None:
+    def client_send(self, data, more=b"") -> None:
         self.arm(self.listener.front_timeout)
         try:
-            send_all(self.sock, data)
+            send_all(self.sock, data, more)
         except OSError as error:
             raise ClientGone(str(error)) from None
-        self.exchange.bytes_out += len(data)
+        self.exchange.bytes_out += len(data) + len(more)
 
     # -- one exchange -----------------------------------------------------------------------
     def proxy(self, head) -> None:
@@ -374,6 +378,7 @@ class HttpSession:
     @staticmethod
     def open_backend(address: str, timeout: float):
         connection = connect(address, timeout, BackendSocket)
+        connection.settimeout(None)  # from here on, the session's deadlines bound its waits
         connection.pending = bytearray()
         return connection
 
@@ -382,7 +387,6 @@ class HttpSession:
         self.request_id = request_id = _id_prefix + b"%x" % next(_request_ids)
         data = headers.request_head(head, self.client_ip.encode(), self.listener, request_id,
                                     self.listener.sticky_name if sticky else None)
-        connection.settimeout(None)  # the pool's check, or connect_timeout, set one: see arm()
         self.arm(self.listener.back_timeout)
         try:
             send_all(connection, data)
@@ -462,17 +466,18 @@ class HttpSession:
     def read_response_head(self, connection, method: bytes):
         pending = connection.pending
         while True:
-            try:
-                parsed = parse_response_head(pending, method, DEFAULT_LIMITS)
-            except ProtocolError as error:
-                raise Answer(502, error.message) from None
-            if parsed is not None:
-                head, used = parsed
-                del pending[:used]
-                return head
+            if pending:  # usually empty: the request was just sent
+                try:
+                    parsed = parse_response_head(pending, method, DEFAULT_LIMITS)
+                except ProtocolError as error:
+                    raise Answer(502, error.message) from None
+                if parsed is not None:
+                    head, used = parsed
+                    del pending[:used]
+                    return head
             self.arm(self.listener.back_timeout)
             try:
-                data = connection.recv(self.ctx.buffer_size)
+                data = connection.recv(self.ctx.buffer_size * RESPONSE_READ_PIECES)
             except socket.timeout:
                 raise Answer(504) from None
             except OSError as error:
@@ -532,10 +537,11 @@ class HttpSession:
             return True
         if kind == "length":
             remaining = response.content_length
-            piece = bytes(pending[:remaining])
-            del pending[:len(piece)]
-            self.client_send(head + piece)
-            remaining -= len(piece)
+            with memoryview(pending) as view, view[:remaining] as piece:
+                self.client_send(head, piece)
+                sent = len(piece)
+            del pending[:sent]
+            remaining -= sent
             while remaining > 0:
                 data = self.backend_recv(connection, remaining)
                 if not data:
@@ -625,13 +631,23 @@ class HttpSession:
                             exchange.duration_ms())
 
 
-def send_all(sock, data) -> None:
-    """sendall in one system call when the socket takes it all, the usual case. (gevent's own
-    sendall asks the kernel for SO_SNDBUF on every call and arms a Timeout: that doubles the
-    system calls of a small exchange.)"""
-    sent = sock.send(data)
+def send_all(sock, data, more=b"") -> None:
+    """data, then more, in one system call when the socket takes it all, the usual case. (gevent's
+    own sendall asks the kernel for SO_SNDBUF on every call and arms a Timeout: that doubles the
+    system calls of a small exchange.) Two parts (a head and the start of its body) are gathered
+    by sendmsg without a copy; a TLS socket, which has no sendmsg, gets them joined."""
+    if not more:
+        sent = sock.send(data)
+    elif hasattr(sock, "sendmsg"):
+        sent = sock.sendmsg((data, more))
+    else:
+        data, more = data + more, b""
+        sent = sock.send(data)
     if sent < len(data):
         sock.sendall(memoryview(data)[sent:])
+        sent = len(data)
+    if sent < len(data) + len(more):
+        sock.sendall(memoryview(more)[sent - len(data):])
 
 
 def _pump(source, destination, activity: list, timeout: float, size: int) -> int:
