@@ -246,6 +246,8 @@ class HttpSession:
             self.ctx.idle_sockets.add(self.sock)
         try:
             self.arm(timeout)
+            if idle:  # the answer was just sent: the next request cannot be here yet
+                wait_readable(self.sock)
             data = self.sock.recv(self.ctx.buffer_size)
         except OSError:  # timeout included: an idle connection ends quietly, as in nginx
             return False
@@ -477,6 +479,8 @@ class HttpSession:
                     return head
             self.arm(self.listener.back_timeout)
             try:
+                if not pending:  # the request was just sent: its answer cannot be here yet
+                    wait_readable(connection)
                 data = connection.recv(self.ctx.buffer_size * RESPONSE_READ_PIECES)
             except socket.timeout:
                 raise Answer(504) from None
@@ -629,6 +633,16 @@ class HttpSession:
                             exchange.method.decode("latin-1"), exchange.host,
                             exchange.path.decode("latin-1"), exchange.bytes_in, exchange.bytes_out,
                             exchange.duration_ms())
+
+
+def wait_readable(sock) -> None:
+    """Wait until sock can be read, where nothing can have arrived yet. gevent's recv would try
+    first, and pay a failed system call and an exception for it, twice per request. A TLS
+    socket may hold decrypted bytes already: its recv waits when it must. (gevent has no public
+    way to wait on a socket's own watcher; wait_read() would make a watcher per call.)"""
+    read_event = getattr(sock, "_read_event", None)
+    if read_event is not None:
+        sock._wait(read_event)
 
 
 def send_all(sock, data, more=b"") -> None:
