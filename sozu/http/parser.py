@@ -30,6 +30,7 @@ still incomplete, so a client cannot make the proxy buffer forever.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -491,19 +492,28 @@ def _connection_tokens(value: bytes | None, hint: int) -> frozenset[bytes]:
 
 def _parse_host(value: bytes, what: str) -> tuple[str, int | None]:
     """uri-host [":" port] (RFC 9110 §7.2) -> (lower-case host, port or None)."""
+    parsed = _host_and_port(value)
+    if isinstance(parsed, str):
+        raise ProtocolError(parsed.format(what=what))
+    return parsed
+
+
+@functools.lru_cache(maxsize=4096)  # a proxy sees the same few hosts over and over
+def _host_and_port(value: bytes) -> tuple[str, int | None] | str:
+    """_parse_host's answer, or what is wrong with value (a template naming {what})."""
     m = _HOST.fullmatch(value)
     if m is None:
-        raise ProtocolError(f"invalid {what}")
+        return "invalid {what}"
     host, port = m.groups()
     if host[:1] == b"[":
         try:
             ipaddress.IPv6Address(host[1:-1].decode("ascii"))
         except ValueError:
-            raise ProtocolError(f"invalid IPv6 address in {what}") from None
+            return "invalid IPv6 address in {what}"
     if port is not None:
         port = int(port)
         if port > 65535:
-            raise ProtocolError(f"port out of range in {what}")
+            return "port out of range in {what}"
     return host.decode("ascii").lower(), port
 
 
