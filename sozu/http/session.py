@@ -120,7 +120,7 @@ class BackendStoppedReading(Exception):
 
 
 class BackendSocket(socket.socket):
-    """A backend connection, with the bytes read from it that no response has used yet."""
+    """A backend connection, with the start of a response head that came in several reads."""
 
     pending: bytearray
     private = False  # carries one client's requests only (PROXY protocol): never pooled
@@ -151,6 +151,7 @@ class HttpSession:
         self.sock = sock
         self.client_address = client_address
         self.client_ip = client_address[0] if client_address else "-"
+        self.client_ip_bytes = self.client_ip.encode()
         self.accepted = time.monotonic()
         self.buf = bytearray()
         self.response_started = False
@@ -387,7 +388,7 @@ class HttpSession:
     # -- request ----------------------------------------------------------------------------
     def forward_request(self, head, connection, body: bool, sticky: bool, framer) -> None:
         self.request_id = request_id = _id_prefix + b"%x" % next(_request_ids)
-        data = headers.request_head(head, self.client_ip.encode(), self.listener, request_id,
+        data = headers.request_head(head, self.client_ip_bytes, self.listener, request_id,
                                     self.listener.sticky_name if sticky else None)
         self.arm(self.listener.back_timeout)
         try:
@@ -465,18 +466,30 @@ class HttpSession:
             raise BackendStoppedReading(f"sending the request body failed: {error}") from None
 
     # -- response ---------------------------------------------------------------------------
-    def read_response_head(self, connection, method: bytes):
-        pending = connection.pending
+    def read_response_head(self, connection, method: bytes, carried=b""):
+        """(head, rest): the backend's response head and the bytes that came after it (the start
+        of its body). When the head came in one read, the usual case, rest is a view of what
+        that read returned: the body start is forwarded without a copy. carried: what followed
+        a 1xx head, which may hold the next head."""
+        pending = connection.pending  # a head that needs several reads
+        pending += carried
+        source = pending
         while True:
-            if pending:  # usually empty: the request was just sent
+            if source:
                 try:
-                    parsed = parse_response_head(pending, method, DEFAULT_LIMITS)
+                    parsed = parse_response_head(source, method, DEFAULT_LIMITS)
                 except ProtocolError as error:
                     raise Answer(502, error.message) from None
                 if parsed is not None:
                     head, used = parsed
-                    del pending[:used]
-                    return head
+                    if source is not pending:
+                        return head, memoryview(source)[used:]
+                    rest = bytes(pending[used:])
+                    pending.clear()
+                    return head, rest
+                if source is not pending:
+                    pending += source
+                    source = pending
             self.arm(self.listener.back_timeout)
             try:
                 if not pending:  # the request was just sent: its answer cannot be here yet
@@ -492,12 +505,16 @@ class HttpSession:
                 if not pending:
                     raise StaleConnection()
                 raise Answer(502, "the backend closed the connection in the middle of a response head")
-            pending += data
+            if pending:
+                pending += data
+            else:
+                source = data
 
     def forward_response(self, head, application, backend, connection, sticky_id) -> None:
         http10 = head.version == b"HTTP/1.0"
+        rest = b""
         while True:
-            response = self.read_response_head(connection, head.method)
+            response, rest = self.read_response_head(connection, head.method, rest)
             if response.status >= 200 or response.status == 101:
                 break
             # 100: sozu answered Continue itself; an HTTP/1.0 client must get no 1xx at all.
@@ -520,44 +537,41 @@ class HttpSession:
         self.response_started = True
         if upgrade:
             self.client_send(head_bytes)
-            self.tunnel(connection)
+            self.tunnel(connection, rest)
             return
-        clean = self.copy_response_body(response, connection, head_bytes)
+        clean = self.copy_response_body(response, connection, head_bytes, rest)
         # An HTTP/1.0 request told the backend to close, whatever its answer says; a request
         # whose body could not all be sent left the connection in an unknown state.
-        if clean and response.keep_alive and not (http10 or connection.pending or self.body_unread
-                                                  or connection.private):
+        if clean and response.keep_alive and not (http10 or self.body_unread or connection.private):
             self.ctx.backend_pool.put(backend.address, connection)
         else:
             connection.close()
 
-    def copy_response_body(self, response, connection, head: bytes) -> bool:
-        """Send the response head and stream the body; True when the backend connection is left
-        clean. The head goes out with the body's first bytes: one send for a small response."""
+    def copy_response_body(self, response, connection, head: bytes, rest) -> bool:
+        """Send the response head and stream the body (which starts with rest); True when the
+        backend connection is left clean: nothing came after the response. The head goes out
+        with the body's first bytes: one send for a small response."""
         kind = response.body
-        pending = connection.pending
         if kind == "none":
             self.client_send(head)
-            return True
+            return not rest
         if kind == "length":
             remaining = response.content_length
-            with memoryview(pending) as view, view[:remaining] as piece:
-                self.client_send(head, piece)
-                sent = len(piece)
-            del pending[:sent]
-            remaining -= sent
+            piece = rest[:remaining]
+            self.client_send(head, piece)
+            remaining -= len(piece)
+            clean = len(rest) == len(piece)
             while remaining > 0:
                 data = self.backend_recv(connection, remaining)
                 if not data:
                     raise Aborted("backend closed in the middle of a response body")
                 self.client_send(data)
                 remaining -= len(data)
-            return True
+            return clean
         self.client_send(head)
         if kind == "chunked":
             framer = ChunkedFramer(DEFAULT_LIMITS, 502)
-            data = bytes(pending)
-            pending.clear()
+            data = rest
             while True:
                 if data:
                     try:
@@ -571,9 +585,8 @@ class HttpSession:
                 if not data:
                     raise Aborted("backend closed in the middle of a chunked response body")
         # "close": the body ends when the backend closes; so does the client connection.
-        if pending:
-            self.client_send(bytes(pending))
-            pending.clear()
+        if rest:
+            self.client_send(rest)
         while True:
             data = self.backend_recv(connection)
             if not data:
@@ -589,9 +602,10 @@ class HttpSession:
         except OSError as error:
             raise Aborted(f"backend failed in the middle of a response body: {error}") from None
 
-    def tunnel(self, connection) -> None:
+    def tunnel(self, connection, rest) -> None:
         """After 101 Switching Protocols: bytes both ways until both sides are done, or until
-        neither side has sent anything for front_timeout."""
+        neither side has sent anything for front_timeout. rest: what the backend sent after
+        its 101 head."""
         self.ctx.deadlines.disarm(self)  # the pumps keep their own socket timeouts
         self.keep_alive = False
         client, exchange = self.sock, self.exchange
@@ -600,10 +614,9 @@ class HttpSession:
                 connection.sendall(bytes(self.buf))
                 exchange.bytes_in += len(self.buf)
                 self.buf.clear()
-            if connection.pending:
-                client.sendall(bytes(connection.pending))
-                exchange.bytes_out += len(connection.pending)
-                connection.pending.clear()
+            if rest:
+                client.sendall(rest)
+                exchange.bytes_out += len(rest)
         except OSError as error:
             raise Aborted(f"the tunnel failed at its start: {error}") from None
         activity = [time.monotonic()]

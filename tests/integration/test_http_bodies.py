@@ -210,6 +210,48 @@ def test_curl_upload_with_expect_and_download(proxy1, tmp_path):
     assert out.stdout == b"c" * 100000 + b"z" * 777 + b"x" * 5
 
 
+def test_response_heads_in_pieces_and_heads_sharing_a_read(tmp_path, sozu):
+    """A head that needs several reads is assembled; a 1xx head and the final answer that came
+    in the same read are both forwarded; a body start that came with its head is sent once."""
+    pieces = [b"HTTP/1.1 200 OK\r\nContent-Le", b"ngth: 5\r\n\r", b"\nhel", b"lo"]
+
+    def respond(conn, data):
+        while True:
+            if b" /pieces " in data:
+                for piece in pieces:
+                    conn.sendall(piece)
+                    time.sleep(0.05)  # each piece is a read of its own for the proxy
+            else:
+                conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+                             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            data = b""
+            while b"\r\n\r\n" not in data:
+                more = conn.recv(65536)
+                if not more:
+                    return
+                data += more
+
+    raw = RawBackend(respond)
+    port = free_port()
+    sozu(http_config(tmp_path, port, [raw.port], worker_count=1))
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        with sock:
+            reader = sock.makefile("rb")
+            for path in (b"/pieces", b"/hints", b"/pieces", b"/hints"):  # the backend connection is reused
+                sock.sendall(b"GET " + path + b" HTTP/1.1\r\n" + H + b"\r\n")
+                response = read_response(reader)
+                if path == b"/hints":
+                    assert response.status == 103 and response.header("Link") == "</a.css>; rel=preload"
+                    response = read_response(reader)
+                    assert response.status == 200 and response.body == b"ok"
+                else:
+                    assert response.status == 200 and response.body == b"hello"
+        assert len(raw.received) == 1  # one backend connection carried all four
+    finally:
+        raw.stop()
+
+
 def test_a_client_that_stops_reading_does_not_stop_the_worker(proxy1):
     """A client that never reads a big download: other clients are served meanwhile."""
     sock, _ = connect(proxy1)
