@@ -35,13 +35,17 @@ class Deadlines:
         self.buckets: dict[int, list] = defaultdict(list)
 
     def arm(self, session, seconds: float) -> None:
-        """The session's next waits must end within `seconds` (math.inf: no bound)."""
-        deadline = time.monotonic() + seconds
-        session.deadline = deadline
-        if deadline < session.filed_at and deadline != math.inf:
-            slot = int(deadline / self.tick) + 1
-            session.filed_at = slot * self.tick
-            self.buckets[slot].append(weakref.ref(session))
+        """The session's next waits must end within `seconds` (math.inf: no bound). (The HTTP
+        session inlines these three lines: they run several times per request.)"""
+        session.deadline = deadline = time.monotonic() + seconds
+        if deadline < session.filed_at:  # never true for math.inf
+            self.file(session)
+
+    def file(self, session) -> None:
+        """File the session in the bucket of its deadline's tick."""
+        slot = int(session.deadline / self.tick) + 1
+        session.filed_at = slot * self.tick
+        self.buckets[slot].append(weakref.ref(session))
 
     @staticmethod
     def disarm(session) -> None:
@@ -68,6 +72,4 @@ class Deadlines:
             if greenlet is not None and not greenlet.dead:
                 greenlet.kill(socket.timeout("timed out"), block=False)
         elif session.deadline != math.inf:  # moved later since it was filed: file it again
-            slot = int(session.deadline / self.tick) + 1
-            session.filed_at = slot * self.tick
-            self.buckets[slot].append(weakref.ref(session))
+            self.file(session)

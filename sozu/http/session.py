@@ -54,6 +54,7 @@ import math
 import os
 import time
 from itertools import count
+from time import monotonic
 
 import gevent
 from gevent import socket
@@ -181,7 +182,10 @@ class HttpSession:
         return buffer[:sock.recv_into(buffer, limit)]
 
     def arm(self, seconds: float) -> None:
-        self.ctx.deadlines.arm(self, seconds)
+        """Deadlines.arm, inlined."""
+        self.deadline = deadline = monotonic() + seconds
+        if deadline < self.filed_at:
+            self.ctx.deadlines.file(self)
 
     # -- the request loop -------------------------------------------------------------------
     def run(self) -> None:
