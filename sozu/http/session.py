@@ -74,9 +74,9 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # A partial head is parsed again only when a line may have ended or it grew this much: a client
 # sending one byte at a time must not cost a parse of the whole buffer per byte.
 REPARSE_GROWTH = 4096
-# The read that brings a response head asks for this many buffer_size pieces (80 KiB): a head
-# with a body of up to 64 KiB then comes in one read and leaves in one send. (bytes of that size
-# are allocated without being filled, and shrunk to what arrived.)
+# The read that brings a response head asks for this many buffer_size pieces (80 KiB by
+# default): a head with a body of up to 64 KiB then comes in one read and leaves in one send.
+# (bytes of that size are allocated without being filled, and shrunk to what arrived.)
 RESPONSE_READ_PIECES = 5
 LINGER_SECONDS = 2.0  # the longest an error answer waits for the client to stop sending
 EVENT_INTERVAL = 1.0  # s between two NO_AVAILABLE_BACKENDS events of one application

@@ -388,6 +388,16 @@ class Backend:
         self.server.server_close()
 
 
+def read_head(conn, data: bytes = b"") -> bytes | None:
+    """data and what conn sends next, until a whole head is there; None at end of stream."""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
 class RawBackend:
     """A backend that answers each connection with a function of the bytes it received: for
     malformed, truncated or slow answers no real server would give."""
@@ -415,13 +425,10 @@ class RawBackend:
     def _one(self, conn) -> None:
         with conn:
             conn.settimeout(5)
-            data = b""
             try:
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    data += chunk
+                data = read_head(conn)
+                if data is None:
+                    return
                 self.received.append(data)
                 self.respond(conn, data)
             except OSError:

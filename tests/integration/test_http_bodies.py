@@ -16,6 +16,7 @@ from tests.integration.harness import (
     free_port,
     http_config,
     proxy_and_backend,
+    read_head,
     read_response,
     request,
 )
@@ -123,11 +124,9 @@ def bodiless(tmp_path_factory):
                 conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
             else:
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-            while b"\r\n\r\n" not in data:
-                more = conn.recv(65536)
-                if not more:
-                    return
-                data += more
+            data = read_head(conn, data)
+            if data is None:
+                return
 
     raw = RawBackend(respond)
     port = free_port()
@@ -224,12 +223,9 @@ def test_response_heads_in_pieces_and_heads_sharing_a_read(tmp_path, sozu):
             else:
                 conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
                              b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-            data = b""
-            while b"\r\n\r\n" not in data:
-                more = conn.recv(65536)
-                if not more:
-                    return
-                data += more
+            data = read_head(conn)
+            if data is None:
+                return
 
     raw = RawBackend(respond)
     port = free_port()
