@@ -12,6 +12,8 @@ that describes them stays.
 """
 from __future__ import annotations
 
+import re
+
 HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"te", b"trailer", b"upgrade"))
 # Headers sozu sets itself; a client's copy would be a spoof. Expect: sozu answers 100 Continue.
 OWN_HEADERS = frozenset((b"x-forwarded-proto", b"x-forwarded-port", b"sozu-id", b"expect"))
@@ -22,6 +24,12 @@ RESPONSE_DROP = HOP_BY_HOP | {b"sozu-id"}
 REWRITTEN = frozenset((b"x-forwarded-for", b"forwarded", b"cookie", b"content-length"))
 # Never dropped because a Connection header names them: they frame the message.
 FRAMING = frozenset((b"content-length", b"transfer-encoding", b"host"))
+# Connection tokens that name no header to drop besides the hop-by-hop ones.
+PLAIN_TOKENS = frozenset((b"close", b"keep-alive"))
+# A line to drop with the LF before it (the block is searched with an LF put in front).
+_RESPONSE_DROP_LINES = re.compile(
+    rb"\n(?:%s|proxy-[^:]*):[^\n]*" % b"|".join(re.escape(name) for name in sorted(RESPONSE_DROP)), re.I
+)
 
 
 def request_head(head, client_ip: bytes, origin, request_id: bytes,
@@ -75,19 +83,18 @@ def request_head(head, client_ip: bytes, origin, request_id: bytes,
 
 def response_head(response, request_id: bytes, keep_alive: bool, http10: bool,
                   set_cookie: bytes | None = None, upgrade: bool = False) -> bytes:
-    """The head sent to the client."""
+    """The head sent to the client. Its field lines go out as they came, less the ones dropped."""
     tokens = response.connection_tokens
-    drop = RESPONSE_DROP.union(tokens - FRAMING) if tokens else RESPONSE_DROP
-    if upgrade:
-        drop = drop - {b"upgrade"}
+    if upgrade or not tokens <= PLAIN_TOKENS:  # the rare case: headers kept or named by Connection
+        drop = RESPONSE_DROP.union(tokens - FRAMING) if tokens else RESPONSE_DROP
+        if upgrade:
+            drop = drop - {b"upgrade"}
+        fields = response_fields_without(response.headers, drop)
+    else:
+        fields = response_fields_searched(response.fields)
     # An intermediary sends its own HTTP version (RFC 9110 §6.2), whatever the backend's.
-    lines = [b"HTTP/1.1 %d " % response.status, response.reason, b"\r\n"]
-    for name, value in response.headers:
-        lname = name.lower()
-        if lname in drop or lname.startswith(b"proxy-"):
-            continue
-        lines += (name, b": ", value, b"\r\n")
-    lines += (b"Sozu-Id: ", request_id, b"\r\n")
+    lines = [b"HTTP/1.1 %d " % response.status, response.reason, b"\r\n", fields,
+             b"Sozu-Id: ", request_id, b"\r\n"]
     if set_cookie:
         lines += (b"Set-Cookie: ", set_cookie, b"\r\n")
     if upgrade:
@@ -98,6 +105,23 @@ def response_head(response, request_id: bytes, keep_alive: bool, http10: bool,
         lines.append(b"Connection: keep-alive\r\n")
     lines.append(b"\r\n")
     return b"".join(lines)
+
+
+def response_fields_without(headers, drop) -> bytes:
+    """The field lines of [(name, value)] whose names are neither in drop nor Proxy-*."""
+    lines = []
+    for name, value in headers:
+        lname = name.lower()
+        if lname in drop or lname.startswith(b"proxy-"):
+            continue
+        lines += (name, b": ", value, b"\r\n")
+    return b"".join(lines)
+
+
+def response_fields_searched(fields: bytes) -> bytes:
+    """response_fields_without(RESPONSE_DROP) for validated field lines, by one search for the
+    lines to drop: the lines kept are not split and rebuilt."""
+    return _RESPONSE_DROP_LINES.sub(b"", b"\n" + fields)[1:]
 
 
 def sticky_cookie(head, sticky_name: bytes) -> str | None:

@@ -86,12 +86,17 @@ class ResponseHead:
     version: bytes
     status: int
     reason: bytes
-    headers: list[tuple[bytes, bytes]]
+    fields: bytes  # the field lines as received, each with its CRLF: forwarded, not re-split
     content_length: int | None
     chunked: bool  # True exactly when body == "chunked"
     keep_alive: bool
     connection_tokens: frozenset[bytes]
     body: str  # "none" | "length" | "chunked" | "close"
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """[(name, stripped value)], split from fields on demand."""
+        return _split_fields(self.fields)
 
 
 # --- grammar (RFC 9110 §5.6.2, RFC 9112 §3, §4, §5, §7.1) ------------------------------------
@@ -360,7 +365,8 @@ def parse_response_head(
     status = int(status_b)
     if status < 100 or status > 599:
         raise ProtocolError(f"status code {status} out of range", 502)
-    headers, found, _ = _parse_fields(head, line_end + 2, limits, 502, 502)
+    fields = head[line_end + 2:]
+    found = _response_framing_fields(fields, limits)
     cl, te = found[_CL], found[_TE]
     if te is not None and cl is not None:
         raise ProtocolError("both Transfer-Encoding and Content-Length", 502)
@@ -384,7 +390,7 @@ def parse_response_head(
     if body == "close":
         keep_alive = False
     head_obj = ResponseHead(
-        version, status, reason or b"", headers, content_length, body == "chunked",
+        version, status, reason or b"", fields, content_length, body == "chunked",
         keep_alive, tokens, body,
     )
     return head_obj, end + 4
@@ -422,6 +428,42 @@ def _parse_fields(head: bytes, pos: int, limits: Limits, hint: int, size_hint: i
             old = found[key]
             found[key] = value if old is None else old + b"," + value
     return headers, found, hosts
+
+
+# A response's framing headers (and the spellings refused), found in its validated field lines
+# by one search: the other lines are forwarded as they came, never split.
+_RESPONSE_FRAMING = re.compile(
+    rb"\n(content-length|transfer-encoding|connection|content_length|transfer_encoding):([^\r]*)", re.I
+)
+
+
+def _response_framing_fields(fields: bytes, limits: Limits) -> list:
+    """The `found` list of _parse_fields for a response's field lines (each ending with CRLF):
+    Content-Length, Transfer-Encoding and Connection values, duplicates joined in order.
+    The grammar is checked on the whole block first (C speed), as for requests."""
+    found = [None] * 6
+    if not fields:
+        return found
+    if fields.count(b"\r\n") > limits.max_header_count:
+        raise ProtocolError("too many header fields", 502)
+    if _FIELD_BLOCK.fullmatch(fields) is None:
+        _diagnose_fields(fields.split(b"\r\n")[:-1], 502)
+    for name, value in _RESPONSE_FRAMING.findall(b"\n" + fields):
+        key = _TRACKED[name.lower()]
+        if key == _LOOKALIKE:
+            raise ProtocolError(f"header {name.decode('ascii')!r} imitates a framing header", 502)
+        value = value.strip(b" \t")
+        old = found[key]
+        found[key] = value if old is None else old + b"," + value
+    return found
+
+
+def _split_fields(fields: bytes) -> list[tuple[bytes, bytes]]:
+    """Validated field lines -> [(name, stripped value)]."""
+    if not fields:
+        return []
+    lines = (line.partition(b":") for line in fields[:-2].split(b"\r\n"))
+    return [(name, value.strip(b" \t")) for name, _, value in lines]
 
 
 def _diagnose_fields(lines: list[bytes], hint: int, what: str = "header") -> None:

@@ -2,6 +2,8 @@
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sozu.http import headers
 from sozu.http.parser import parse_request_head, parse_response_head
@@ -102,3 +104,26 @@ def test_the_pure_http_modules_import_neither_gevent_nor_sockets():
             "print(sorted(m for m in ('gevent', 'socket', 'logging') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+response_names = st.sampled_from([b"Connection", b"connection", b"KEEP-ALIVE", b"Keep-Alive", b"TE",
+                                  b"te", b"Trailer", b"Upgrade", b"Sozu-Id", b"sozu-id", b"Proxy-Foo",
+                                  b"proxy-", b"Proxy", b"X-Connection", b"Connections", b"Tee",
+                                  b"Content-Length", b"Server", b"ETag", b"Set-Cookie"])
+response_values = st.sampled_from([b"", b"1", b"keep-alive", b"a: b", b" spaced ", b"\tx"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(response_names, st.sampled_from([b":", b": ", b":\t"]), response_values),
+                max_size=10))
+def test_response_lines_found_by_search_are_the_ones_a_line_by_line_pass_drops(lines):
+    fields = b"".join(name + colon + value + b"\r\n" for name, colon, value in lines)
+    kept = headers.response_fields_searched(fields)
+    expected = [line for line in fields.split(b"\r\n")[:-1]
+                if line.partition(b":")[0].lower() not in headers.RESPONSE_DROP
+                and not line.lower().startswith(b"proxy-")]
+    assert kept == b"".join(line + b"\r\n" for line in expected)
+    # and the same header lines as the rebuilding pass, which sozu uses when Connection names more
+    rebuilt = headers.response_fields_without(
+        [(n, v.strip(b" \t")) for n, _, v in lines], headers.RESPONSE_DROP)
+    assert [l.partition(b":")[0] for l in kept.split(b"\r\n")] == [l.partition(b":")[0] for l in rebuilt.split(b"\r\n")]

@@ -12,7 +12,9 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sozu.http.parser import ChunkedFramer, ProtocolError, parse_request_head, parse_response_head
+from sozu.http.parser import (_CL, _CONN, _TE, DEFAULT_LIMITS, ChunkedFramer, ProtocolError, _parse_fields,
+                              _response_framing_fields, _split_fields, parse_request_head,
+                              parse_response_head)
 
 settings.register_profile(
     "sozu-parser", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -371,3 +373,35 @@ def test_every_single_edit_of_requests():
 def test_every_single_edit_of_a_chunked_body():
     for data in single_edits(SAMPLE_BODY):
         check_body(data)
+
+
+# --- responses: framing headers found by search, as a line-by-line reading finds them ----------
+
+framing_names = st.sampled_from([b"Content-Length", b"content-length", b"CONTENT-LENGTH", b"Connection",
+                                 b"connection", b"Transfer-Encoding", b"transfer-encoding",
+                                 b"Content_Length", b"X-Content-Length", b"Content-Lengthy",
+                                 b"Keep-Alive", b"Proxy-Foo"])
+framing_values = st.sampled_from([b"5", b" 5 ", b"close", b"keep-alive", b"chunked", b"", b"\t7"])
+
+
+@FAST
+@given(st.lists(st.tuples(header_names.map(str.encode) | framing_names,
+                          st.sampled_from([b":", b": ", b":\t", b":  "]),
+                          header_values | framing_values), max_size=12))
+def test_response_framing_headers_are_found_as_a_line_by_line_reading_finds_them(lines):
+    """A response's field lines are searched, not split (they are forwarded as they came): the
+    search must find what the request parser's line-by-line reading finds, and refuse alike."""
+    block = b"".join(name + colon + value + b"\r\n" for name, colon, value in lines)
+    fields = [(name, value) for name, _, value in lines]
+    try:
+        headers, reference, _ = _parse_fields(block, 0, DEFAULT_LIMITS, 502, 502)
+    except ProtocolError:
+        reference = None
+    try:
+        found = _response_framing_fields(block, DEFAULT_LIMITS)
+    except ProtocolError as error:
+        assert reference is None and error.status_hint == 502
+        return
+    assert reference is not None
+    assert [found[key] for key in (_CL, _TE, _CONN)] == [reference[key] for key in (_CL, _TE, _CONN)]
+    assert _split_fields(block) == headers == [(name, value.strip(b" \t")) for name, value in fields]
