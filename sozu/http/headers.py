@@ -1,7 +1,9 @@
 """The heads sozu forwards: what it removes, rewrites and adds (pure).
 
-Header lines that are only forwarded are copied as they came (name as received, value as the
-parser stripped it); only three kinds of work are done on the way:
+Header lines that are only forwarded are copied as they came: a request's name as received and
+value as the parser stripped it; a response's lines byte for byte, since the lines to remove are
+found by one search and cut out (a Connection header naming other headers takes the
+line-by-line pass). Only three kinds of work are done on the way:
   - hop-by-hop headers (RFC 9110 §7.6.1), the headers a Connection header names, and every
     `Proxy`/`Proxy-*` header (httpoxy) are removed;
   - the headers sozu owns (X-Forwarded-Proto/Port, Sozu-Id, Expect) are replaced by its own, so
