@@ -64,6 +64,7 @@ from sozu.http import answers, headers
 from sozu.http.parser import (DEFAULT_LIMITS, ChunkedFramer, ProtocolError, parse_request_head,
                               parse_response_head)
 from sozu.listeners import connect
+from sozu.relay import Relay
 
 log = logging.getLogger("sozu.http")
 access_log = logging.getLogger("sozu.access")
@@ -180,6 +181,11 @@ class HttpSession:
         if limit is None or limit > len(buffer):
             limit = len(buffer)
         return buffer[:sock.recv_into(buffer, limit)]
+
+    def give_back_body_buffer(self) -> None:
+        if self.body_buffer is not None:
+            self.ctx.body_buffers.give(self.body_buffer)
+            self.body_buffer = None
 
     def arm(self, seconds: float) -> None:
         """Deadlines.arm, inlined."""
@@ -607,10 +613,11 @@ class HttpSession:
             raise Aborted(f"backend failed in the middle of a response body: {error}") from None
 
     def tunnel(self, connection, rest) -> None:
-        """After 101 Switching Protocols: bytes both ways until both sides are done, or until
-        neither side has sent anything for front_timeout. rest: what the backend sent after
-        its 101 head."""
-        self.ctx.deadlines.disarm(self)  # the pumps keep their own socket timeouts
+        """After 101 Switching Protocols: bytes both ways (sozu.relay) until both sides are done,
+        or until neither side has moved for front_timeout. rest: what the backend sent after its
+        101 head."""
+        self.ctx.deadlines.disarm(self)  # the relay supervises its own idleness
+        self.give_back_body_buffer()  # a tunnel may last for hours
         self.keep_alive = False
         client, exchange = self.sock, self.exchange
         try:
@@ -623,24 +630,21 @@ class HttpSession:
                 exchange.bytes_out += len(rest)
         except OSError as error:
             raise Aborted(f"the tunnel failed at its start: {error}") from None
-        activity = [time.monotonic()]
-        timeout, size = self.listener.front_timeout, self.ctx.buffer_size
-        upstream = gevent.spawn(_pump, client, connection, activity, timeout, size)
+        timeout = self.listener.front_timeout
+        relay = Relay(client, connection, self.ctx.buffer_size, timeout, timeout)
         try:
-            exchange.bytes_out += _pump(connection, client, activity, timeout, size)
-            upstream.join(timeout)
-            exchange.bytes_in += upstream.value or 0
+            reason = relay.run()
         finally:
-            upstream.kill()
+            exchange.bytes_in += relay.bytes_in
+            exchange.bytes_out += relay.bytes_out
             connection.close()
+        log.debug("%s: tunnel ended: %s", _describe(self), reason)
 
     # -- the end of an exchange ------------------------------------------------------------
     def finish_exchange(self) -> None:
         exchange, self.exchange = self.exchange, None
         self.response_started = False  # an error in the next request is answered again
-        if self.body_buffer is not None:
-            self.ctx.body_buffers.give(self.body_buffer)
-            self.body_buffer = None
+        self.give_back_body_buffer()
         if exchange is None:
             return
         self.ctx.metrics.record(exchange)
@@ -679,32 +683,6 @@ def send_all(sock, data, more=b"") -> None:
         sent = len(data)
     if sent < len(data) + len(more):
         sock.sendall(memoryview(more)[sent - len(data):])
-
-
-def _pump(source, destination, activity: list, timeout: float, size: int) -> int:
-    """Copy one direction of a tunnel; the other direction's traffic keeps it alive too."""
-    sent = 0
-    try:
-        while True:
-            source.settimeout(max(activity[0] + timeout - time.monotonic(), 0.001))
-            try:
-                data = source.recv(size)
-            except socket.timeout:
-                if time.monotonic() - activity[0] < timeout:
-                    continue  # the other direction was busy
-                break
-            if not data:
-                break
-            activity[0] = time.monotonic()
-            destination.sendall(data)
-            sent += len(data)
-    except OSError:
-        pass  # either side going away ends the tunnel; nothing to answer at this point
-    try:
-        destination.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass  # already closed
-    return sent
 
 
 def serve(ctx, listener, sock, client_address) -> None:
