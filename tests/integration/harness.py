@@ -398,31 +398,48 @@ def read_head(conn, data: bytes = b"") -> bytes | None:
     return data
 
 
-class RawBackend:
-    """A backend that answers each connection with a function of the bytes it received: for
-    malformed, truncated or slow answers no real server would give."""
+class ThreadedServer:
+    """A test server on a free port of 127.0.0.1: one thread per connection, each given to
+    handle(conn), which subclasses define (and set their own attributes before calling this
+    __init__: the accept thread starts in it). `connections` counts the accepted ones; stop()
+    closes the listening socket, which ends the accept thread."""
 
-    def __init__(self, respond):
+    def __init__(self, backlog: int = 64):
+        self.connections = 0
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
+        self.sock.listen(backlog)
         self.port = self.sock.getsockname()[1]
-        self.respond = respond
-        self.received: list[bytes] = []
-        self.stopped = False
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        self.address = f"127.0.0.1:{self.port}"
+        threading.Thread(target=self._accept, daemon=True).start()
 
-    def _serve(self) -> None:
-        while not self.stopped:
+    def _accept(self) -> None:
+        while True:
             try:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+            self.connections += 1
+            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
 
-    def _one(self, conn) -> None:
+    def handle(self, conn) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self.sock.close()
+
+
+class RawBackend(ThreadedServer):
+    """A backend that answers each connection with a function of the bytes it received: for
+    malformed, truncated or slow answers no real server would give."""
+
+    def __init__(self, respond):
+        self.respond = respond
+        self.received: list[bytes] = []
+        super().__init__()
+
+    def handle(self, conn) -> None:
         with conn:
             conn.settimeout(5)
             try:
@@ -433,10 +450,6 @@ class RawBackend:
                 self.respond(conn, data)
             except OSError:
                 return
-
-    def stop(self) -> None:
-        self.stopped = True
-        self.sock.close()
 
 
 def raw_request(port: int, data: bytes, timeout: float = 5.0, read_until_close: bool = True) -> bytes:

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from tests.integration.harness import (Backend, RawBackend, Sozu, free_port, http_apps_config, http_config, read_response,
-                                       request, wait_for)
+from tests.integration.harness import (Backend, RawBackend, Sozu, ThreadedServer, free_port, http_apps_config,
+                                       http_config, read_response, request, wait_for)
 
 H = b"Host: localhost\r\n"
 
@@ -143,31 +143,17 @@ def test_keep_alive_across_applications(tmp_path, sozu, backend):
     assert a.connections == 1 and b.connections == 1
 
 
-class OneShotBackend:
+class OneShotBackend(ThreadedServer):
     """Answers the first request of each connection (keep-alive), then closes the connection
     when the next request arrives, without answering: the race between a backend's keep-alive
     timeout and the proxy reusing the connection, made certain."""
 
     def __init__(self, extra: bytes = b""):
         self.extra = extra
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
         self.answered = 0
-        threading.Thread(target=self.serve, daemon=True).start()
+        super().__init__()
 
-    def serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self.one, args=(conn,), daemon=True).start()
-
-    def one(self, conn):
+    def handle(self, conn):
         with conn:
             reader = conn.makefile("rb")
             head = b""
@@ -179,9 +165,6 @@ class OneShotBackend:
             self.answered += 1
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + self.extra)
             reader.readline()  # the next request: close without a word
-
-    def stop(self):
-        self.sock.close()
 
 
 @pytest.fixture

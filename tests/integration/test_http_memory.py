@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.integration.harness import Sozu, free_port, http_config, read_response, rss_kib
+from tests.integration.harness import Sozu, ThreadedServer, free_port, http_config, read_response, rss_kib
 
 MIB = 1024 * 1024
 SIZE = 200 * MIB
@@ -15,27 +15,12 @@ RSS_LIMIT_KIB = 60 * 1024
 GROWTH_LIMIT_KIB = 8 * 1024
 
 
-class SinkSource:
+class SinkSource(ThreadedServer):
     """A fast raw backend: `PUT /sink` (Content-Length or chunked) is read and thrown away,
     `GET /source/N` answers N bytes (Content-Length), `GET /chunks/N` N bytes chunked,
     `GET /close/N` N bytes then close."""
 
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.one, args=(conn,), daemon=True).start()
-
-    def one(self, conn):
+    def handle(self, conn):
         block = b"s" * MIB
         with conn:
             reader = conn.makefile("rb")

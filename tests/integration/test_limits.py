@@ -12,41 +12,23 @@ import time
 import pytest
 
 from tests.integration.certs import TestCA
-from tests.integration.harness import PYTHON, ROOT, free_port, wait_for
+from tests.integration.harness import PYTHON, ROOT, ThreadedServer, free_port, wait_for
 from tests.integration.load import rss_kib
 
 LIMIT = 10  # per worker
 
 
-class TcpEcho:
+class TcpEcho(ThreadedServer):
     """A TCP backend that echoes, one thread per connection."""
 
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
-
     @staticmethod
-    def _echo(conn):
+    def handle(conn):
         with conn:
             try:
                 while data := conn.recv(65536):
                     conn.sendall(data)
             except OSError:
                 return
-
-    def stop(self):
-        self.sock.close()
 
 
 def limits_config(tmp_path, http_port, tcp_port, https_port, backend_port, tcp_backend_port, leaf,

@@ -12,12 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from sozu import proxy_protocol
-from tests.integration.harness import Sozu, free_port, rss_kib, wait_for
+from tests.integration.harness import Sozu, ThreadedServer, free_port, rss_kib, wait_for
 
 
 # --- backends -----------------------------------------------------------------------------------
 
-class TcpBackend:
+class TcpBackend(ThreadedServer):
     """A threaded TCP server on 127.0.0.1. Modes:
     echo       bytes back as they come; half-closes its side after the client's EOF
     after_eof  reads to EOF, then answers `got N <sha256>` and closes (needs the half-close)
@@ -28,23 +28,7 @@ class TcpBackend:
     def __init__(self, mode: str = "echo", greeting: bytes = b"", proxy: bool = False, flood: int = 0):
         self.mode, self.greeting, self.proxy, self.flood = mode, greeting, proxy, flood
         self.headers: list = []
-        self.connections = 0
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(256)
-        self.port = self.sock.getsockname()[1]
-        self.address = f"127.0.0.1:{self.port}"
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+        super().__init__(backlog=256)
 
     def _read_header(self, conn) -> bytes:
         buf = b""
@@ -58,7 +42,7 @@ class TcpBackend:
                 raise ConnectionError("closed in the PROXY header")
             buf += chunk
 
-    def _one(self, conn) -> None:
+    def handle(self, conn) -> None:
         with conn:
             try:
                 conn.settimeout(20)
@@ -88,10 +72,6 @@ class TcpBackend:
                 conn.shutdown(socket.SHUT_WR)
             except OSError:
                 return
-
-    def stop(self) -> None:
-        self.sock.close()
-
 
 def round_trip(port: int, data: bytes, timeout: float = 10.0) -> bytes:
     """Send everything (from a thread) while reading, half-close, read to EOF."""
