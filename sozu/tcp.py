@@ -111,7 +111,7 @@ def serve(ctx, listener, sock, client_address) -> None:
     app_id = backend_address = "-"
     relay = None
     reason = "closed"
-    backend = backends = connection = None
+    backend = connection = None
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         ctx.metrics.incr("tcp_connections")
@@ -130,10 +130,11 @@ def serve(ctx, listener, sock, client_address) -> None:
             if client is None:
                 reason = "bad PROXY header"
                 return
-        backends = ctx.balancer.backends(app_id)
-        backend, connection = _connect(ctx, listener, app_id, backends)
+        backend, connection, _ = ctx.connect_backend(
+            app_id, lambda address: connect(address, listener.connect_timeout, socket.socket))
         if connection is None:
             ctx.metrics.incr("tcp_no_backend")
+            log.warning("no backend of %s could be reached", app_id)
             reason = "no backend"
             return
         backend_address = backend.address
@@ -154,7 +155,7 @@ def serve(ctx, listener, sock, client_address) -> None:
         reason = "internal error"
     finally:
         if backend is not None:
-            backends.release(backend)
+            ctx.balancer_release(app_id, backend)
         if connection is not None:
             connection.close()
         sock.close()
@@ -166,38 +167,6 @@ def serve(ctx, listener, sock, client_address) -> None:
             access_log.info("%s %s %s tcp %s in=%d out=%d %.1fms", _ip(client), app_id,
                             backend_address, reason, bytes_in, bytes_out,
                             (time.monotonic() - start) * 1000)
-
-
-def _connect(ctx, listener, app_id: str, backends):
-    """(backend, connected socket), trying each usable backend once; (None, None) if none."""
-    tried = set()
-    while backends is not None:
-        now = time.monotonic()
-        backend = backends.pick(now, tried)
-        if backend is None:
-            break
-        tried.add(backend)
-        backends.acquire(backend)
-        try:
-            connection = connect(backend.address, listener.connect_timeout, socket.socket)
-        except OSError as error:
-            backends.release(backend)
-            ctx.metrics.incr("backend_connect_errors")
-            if backends.mark_failure(backend, now):
-                log.warning("backend %s (%s) of %s is down: %s", backend.backend_id,
-                            backend.address, app_id, error)
-                ctx.event("BACKEND_DOWN", app_id, backend)
-            continue
-        if backends.mark_success(backend):
-            log.info("backend %s (%s) of %s is up again", backend.backend_id, backend.address,
-                     app_id)
-            ctx.event("BACKEND_UP", app_id, backend)
-        return backend, connection
-    ctx.event("NO_AVAILABLE_BACKENDS", app_id, None)
-    log.warning("no backend of %s could be reached", app_id)
-    return None, None
-
-
 
 
 def _proxy_header(mode: str, received, client, sock, version: int) -> bytes:

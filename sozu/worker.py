@@ -60,6 +60,7 @@ REFUSE_BATCH = 256    # connections refused per listener per tick, so refusing n
 LINGER_TIME = 1.0     # s: a refused HTTP connection stays open this long for the client to close it
 LINGER_MAX = 128      # refused connections lingering at once, at most (fds: within FDS_MARGIN)
 EXIT_SANDBOX_FAILED = 3  # named so the master can tell a boot failure from a crash
+EVENT_INTERVAL = 1.0  # s between two NO_AVAILABLE_BACKENDS events of one application
 
 
 class ListenerInfo:
@@ -107,6 +108,7 @@ class Worker:
         self.metrics = Metrics()
         self.idle_sockets: set = set()
         self.lingering: collections.deque = collections.deque()  # refused: (deadline, socket)
+        self.no_backend_reported: dict[str, float] = {}  # app_id -> when it was last reported
         self.draining = False
         self.stopped = gevent.event.Event()
         self.state_changed = False
@@ -123,6 +125,46 @@ class Worker:
     @property
     def applications(self):
         return self.state.applications
+
+    def connect_backend(self, app_id: str, open_connection, sticky_id=None, reuse=None):
+        """(backend, connection, reused): a connection to a backend of the application, trying
+        each usable backend once; (None, None, False) when none could be reached. The backend
+        is acquired (the caller releases it). reuse(backend) may give an idle connection;
+        otherwise open_connection(address) opens one (OSError when it fails). A failed connect
+        marks the backend down for a backoff (passive health) and the next one is tried."""
+        backends = self.balancer.backends(app_id)
+        tried = set()
+        while backends is not None:
+            backend = backends.pick(time.monotonic(), tried, sticky_id)
+            if backend is None:
+                break
+            tried.add(backend)
+            backends.acquire(backend)
+            connection = reuse(backend) if reuse is not None else None
+            if connection is not None:
+                return backend, connection, True
+            try:
+                connection = open_connection(backend.address)
+            except OSError as error:
+                backends.release(backend)
+                self.metrics.incr("backend_connect_errors")
+                # The time of the failure, not of the pick: a connect that timed out after the
+                # first backoff (1 s) would otherwise leave the backend already up again.
+                if backends.mark_failure(backend, time.monotonic()):
+                    log.warning("backend %s (%s) of %s is down: %s", backend.backend_id,
+                                backend.address, app_id, error)
+                    self.event("BACKEND_DOWN", app_id, backend)
+                continue
+            if backends.mark_success(backend):
+                log.info("backend %s (%s) of %s is up again", backend.backend_id, backend.address, app_id)
+                self.event("BACKEND_UP", app_id, backend)
+            return backend, connection, False
+        now = time.monotonic()
+        if self.no_backend_reported.get(app_id, 0.0) <= now - EVENT_INTERVAL:
+            # Once a second at most: a dead application under load must not flood the master.
+            self.no_backend_reported[app_id] = now
+            self.event("NO_AVAILABLE_BACKENDS", app_id, None)
+        return None, None, False
 
     def balancer_release(self, app_id: str, backend) -> None:
         backends = self.balancer.backends(app_id)

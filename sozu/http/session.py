@@ -80,8 +80,6 @@ REPARSE_GROWTH = 4096
 # (bytes of that size are allocated without being filled, and shrunk to what arrived.)
 RESPONSE_READ_PIECES = 5
 LINGER_SECONDS = 2.0  # the longest an error answer waits for the client to stop sending
-EVENT_INTERVAL = 1.0  # s between two NO_AVAILABLE_BACKENDS events of one application
-_no_backend_reported: dict[str, float] = {}  # app_id -> when it was last reported
 
 
 def _new_request_ids() -> None:
@@ -333,47 +331,19 @@ class HttpSession:
                 ctx.balancer_release(app_id, backend)
 
     def connect_backend(self, app_id, application, sticky_id, fresh: bool, replayable: bool):
-        """A connection to a backend of the application, trying each usable one once."""
+        """(backend, connection, reused) for the application (the worker's connect_backend):
+        an idle pooled connection unless `fresh`, else a new one; 503 when none is reached."""
         ctx, listener = self.ctx, self.listener
-        backends = ctx.balancer.backends(app_id)
-        tried = set()
-        while backends is not None:
-            now = time.monotonic()
-            backend = backends.pick(now, tried, sticky_id)
-            if backend is None:
-                break
-            tried.add(backend)
-            backends.acquire(backend)
-            pooled = None if fresh else ctx.backend_pool.get(backend.address, replayable)
-            if pooled is not None:
-                self.exchange.backend = backend.address
-                return backend, pooled, True
-            try:
-                connection = self.open_backend(backend.address, listener.connect_timeout)
-            except OSError as error:
-                backends.release(backend)
-                ctx.metrics.incr("backend_connect_errors")
-                # The time of the failure, not of the pick: a connect that timed out after the
-                # first backoff (1 s) would otherwise leave the backend already up again.
-                if backends.mark_failure(backend, time.monotonic()):
-                    log.warning("backend %s (%s) of %s is down: %s", backend.backend_id,
-                                backend.address, app_id, error)
-                    ctx.event("BACKEND_DOWN", app_id, backend)
-                continue
-            if backends.mark_success(backend):
-                log.info("backend %s (%s) of %s is up again", backend.backend_id, backend.address, app_id)
-                ctx.event("BACKEND_UP", app_id, backend)
-            self.exchange.backend = backend.address
-            if application["proxy_protocol"] in SENDS_PROXY:
-                connection.private = True
-                self.send_proxy_header(connection, application.get("send_proxy_version", 2))
-            return backend, connection, False
-        now = time.monotonic()
-        if _no_backend_reported.get(app_id, 0.0) <= now - EVENT_INTERVAL:
-            # Once a second at most: a dead application under load must not flood the master.
-            _no_backend_reported[app_id] = now
-            ctx.event("NO_AVAILABLE_BACKENDS", app_id, None)
-        raise Answer(503, "no backend could be reached", body=self.answer_503(application))
+        reuse = None if fresh else (lambda backend: ctx.backend_pool.get(backend.address, replayable))
+        backend, connection, reused = ctx.connect_backend(
+            app_id, lambda address: self.open_backend(address, listener.connect_timeout), sticky_id, reuse)
+        if backend is None:
+            raise Answer(503, "no backend could be reached", body=self.answer_503(application))
+        self.exchange.backend = backend.address
+        if not reused and application["proxy_protocol"] in SENDS_PROXY:
+            connection.private = True
+            self.send_proxy_header(connection, application.get("send_proxy_version", 2))
+        return backend, connection, reused
 
     def send_proxy_header(self, connection, version: int) -> None:
         destination = self.sock.getsockname()[:2]
