@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.harness import Backend, Sozu, free_port, http_config
+from tests.integration.harness import Backend, RawBackend, Sozu, free_port, http_config
 
 
 @pytest.fixture
@@ -42,6 +42,24 @@ def sozu(tmp_path):
     yield make
     for s in started:
         s.stop()
+
+
+@pytest.fixture
+def raw_proxy(tmp_path, sozu):
+    """raw_proxy(respond) -> (port, raw): a one-worker sozu routing Host: localhost to a new
+    RawBackend(respond); the backend is stopped at the end, then the proxy."""
+    started = []
+
+    def make(respond):
+        raw = RawBackend(respond)
+        started.append(raw)
+        port = free_port()
+        sozu(http_config(tmp_path, port, [raw.port], worker_count=1))
+        return port, raw
+
+    yield make
+    for raw in started:
+        raw.stop()
 
 
 @pytest.fixture

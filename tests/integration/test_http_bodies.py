@@ -209,7 +209,7 @@ def test_curl_upload_with_expect_and_download(proxy1, tmp_path):
     assert out.stdout == b"c" * 100000 + b"z" * 777 + b"x" * 5
 
 
-def test_response_heads_in_pieces_and_heads_sharing_a_read(tmp_path, sozu):
+def test_response_heads_in_pieces_and_heads_sharing_a_read(raw_proxy):
     """A head that needs several reads is assembled; a 1xx head and the final answer that came
     in the same read are both forwarded; a body start that came with its head is sent once."""
     pieces = [b"HTTP/1.1 200 OK\r\nContent-Le", b"ngth: 5\r\n\r", b"\nhel", b"lo"]
@@ -227,25 +227,20 @@ def test_response_heads_in_pieces_and_heads_sharing_a_read(tmp_path, sozu):
             if data is None:
                 return
 
-    raw = RawBackend(respond)
-    port = free_port()
-    sozu(http_config(tmp_path, port, [raw.port], worker_count=1))
-    try:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        with sock:
-            reader = sock.makefile("rb")
-            for path in (b"/pieces", b"/hints", b"/pieces", b"/hints"):  # the backend connection is reused
-                sock.sendall(b"GET " + path + b" HTTP/1.1\r\n" + H + b"\r\n")
+    port, raw = raw_proxy(respond)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    with sock:
+        reader = sock.makefile("rb")
+        for path in (b"/pieces", b"/hints", b"/pieces", b"/hints"):  # the backend connection is reused
+            sock.sendall(b"GET " + path + b" HTTP/1.1\r\n" + H + b"\r\n")
+            response = read_response(reader)
+            if path == b"/hints":
+                assert response.status == 103 and response.header("Link") == "</a.css>; rel=preload"
                 response = read_response(reader)
-                if path == b"/hints":
-                    assert response.status == 103 and response.header("Link") == "</a.css>; rel=preload"
-                    response = read_response(reader)
-                    assert response.status == 200 and response.body == b"ok"
-                else:
-                    assert response.status == 200 and response.body == b"hello"
-        assert len(raw.received) == 1  # one backend connection carried all four
-    finally:
-        raw.stop()
+                assert response.status == 200 and response.body == b"ok"
+            else:
+                assert response.status == 200 and response.body == b"hello"
+    assert len(raw.received) == 1  # one backend connection carried all four
 
 
 def test_a_client_that_stops_reading_does_not_stop_the_worker(proxy1):
@@ -258,19 +253,14 @@ def test_a_client_that_stops_reading_does_not_stop_the_worker(proxy1):
         assert time.monotonic() - time_start < 2
 
 
-def test_a_backend_answering_before_reading_the_whole_body_is_heard(tmp_path, sozu):
+def test_a_backend_answering_before_reading_the_whole_body_is_heard(raw_proxy):
     """A backend that refuses a big upload (413) and closes without reading it: the client gets
     that answer, not a 502, and the connection then closes (its body was not all read)."""
     def respond(conn, data):
         conn.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large")
 
-    raw = RawBackend(respond)
-    port = free_port()
-    sozu(http_config(tmp_path, port, [raw.port], worker_count=1))
-    try:
-        for _ in range(2):
-            response = request(port, "POST", "/upload", body=b"u" * (8 << 20))
-            assert response.status == 413 and response.body == b"too large"
-            assert response.header("Connection") == "close"
-    finally:
-        raw.stop()
+    port, _ = raw_proxy(respond)
+    for _ in range(2):
+        response = request(port, "POST", "/upload", body=b"u" * (8 << 20))
+        assert response.status == 413 and response.body == b"too large"
+        assert response.header("Connection") == "close"

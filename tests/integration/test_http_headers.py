@@ -6,7 +6,6 @@ import socket
 import pytest
 
 from tests.integration.harness import (
-    RawBackend,
     echo,
     free_port,
     http_config,
@@ -62,24 +61,19 @@ def test_hop_by_hop_request_headers_are_removed(proxy1):
     assert seen["header"]("Host") == ["localhost"]
 
 
-def test_hop_by_hop_response_headers_are_removed(tmp_path, sozu):
+def test_hop_by_hop_response_headers_are_removed(raw_proxy):
     def respond(conn, data):
         conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n"
                      b"Proxy-Authenticate: Basic\r\nTrailer: X-T\r\nUpgrade: h2c\r\nSozu-Id: forged\r\n"
                      b"X-Kept: yes\r\nContent-Length: 2\r\n\r\nok")
 
-    raw = RawBackend(respond)
-    port = free_port()
-    sozu(http_config(tmp_path, port, [raw.port], worker_count=1))
-    try:
-        response = request(port, "GET", "/")
-        names = {name.lower() for name, _ in response.headers}
-        for gone in ("x-hop", "keep-alive", "proxy-authenticate", "trailer", "upgrade"):
-            assert gone not in names, gone
-        assert response.header("X-Kept") == "yes" and response.body == b"ok"
-        assert response.all("Sozu-Id") != ["forged"] and len(response.all("Sozu-Id")) == 1
-    finally:
-        raw.stop()
+    port, _ = raw_proxy(respond)
+    response = request(port, "GET", "/")
+    names = {name.lower() for name, _ in response.headers}
+    for gone in ("x-hop", "keep-alive", "proxy-authenticate", "trailer", "upgrade"):
+        assert gone not in names, gone
+    assert response.header("X-Kept") == "yes" and response.body == b"ok"
+    assert response.all("Sozu-Id") != ["forged"] and len(response.all("Sozu-Id")) == 1
 
 
 def test_sozu_id_is_unique_across_workers_and_restarts(tmp_path, sozu, backend):
@@ -117,26 +111,21 @@ def test_http10_request_is_forwarded_as_http10_with_close(proxy1):
     assert response.status == 200 and response.header("Connection") == "close"
 
 
-def test_informational_answers(tmp_path, sozu):
+def test_informational_answers(raw_proxy):
     """103 Early Hints reaches an HTTP/1.1 client; a 100 the client did not ask for (sozu
     answers Expect itself) and any 1xx to an HTTP/1.0 client are dropped."""
     def respond(conn, data):
         conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
                      b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
-    raw = RawBackend(respond)
-    port = free_port()
-    sozu(http_config(tmp_path, port, [raw.port], worker_count=1))
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock, sock.makefile("rb") as reader:
-            sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            hints = read_response(reader)
-            final = read_response(reader)
-        assert hints.status == 103 and hints.header("Link") == "</s.css>; rel=preload"
-        assert final.status == 200 and final.body == b"ok"
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock, sock.makefile("rb") as reader:
-            sock.sendall(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            only = read_response(reader)
-        assert only.status == 200 and only.body == b"ok"
-    finally:
-        raw.stop()
+    port, _ = raw_proxy(respond)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock, sock.makefile("rb") as reader:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        hints = read_response(reader)
+        final = read_response(reader)
+    assert hints.status == 103 and hints.header("Link") == "</s.css>; rel=preload"
+    assert final.status == 200 and final.body == b"ok"
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock, sock.makefile("rb") as reader:
+        sock.sendall(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        only = read_response(reader)
+    assert only.status == 200 and only.body == b"ok"

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from tests.integration.harness import (Backend, RawBackend, Sozu, ThreadedServer, free_port, http_apps_config,
+from tests.integration.harness import (Backend, Sozu, ThreadedServer, free_port, http_apps_config,
                                        http_config, read_response, request, wait_for)
 
 H = b"Host: localhost\r\n"
@@ -110,23 +110,18 @@ def test_client_connection_close_is_honoured(one_worker):
         "the client's Connection: close is not the backend's"
 
 
-def test_backend_connection_close_keeps_the_client_connection(tmp_path, sozu):
+def test_backend_connection_close_keeps_the_client_connection(raw_proxy):
     def respond(conn, data):
         conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
 
-    raw = RawBackend(respond)
-    port = free_port()
-    sozu(http_config(tmp_path, port, [raw.port], worker_count=1))
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            reader = sock.makefile("rb")
-            for _ in range(3):
-                sock.sendall(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
-                response = read_response(reader)
-                assert response.body == b"ok" and response.header("Connection") is None
-        assert len(raw.received) == 3, "one backend connection per request: each was closed"
-    finally:
-        raw.stop()
+    port, raw = raw_proxy(respond)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        reader = sock.makefile("rb")
+        for _ in range(3):
+            sock.sendall(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+            response = read_response(reader)
+            assert response.body == b"ok" and response.header("Connection") is None
+    assert len(raw.received) == 3, "one backend connection per request: each was closed"
 
 
 def test_keep_alive_across_applications(tmp_path, sozu, backend):
@@ -206,25 +201,20 @@ def test_a_backend_connection_with_extra_bytes_is_not_reused(tmp_path, sozu):
         b.stop()
 
 
-def test_an_http10_backend_answer_keeps_the_client_connection(tmp_path, sozu):
+def test_an_http10_backend_answer_keeps_the_client_connection(raw_proxy):
     """sozu speaks HTTP/1.1 to its clients whatever the backend's version, so an HTTP/1.1
     client keeps the connection that sozu keeps open."""
     def respond(conn, data):
         conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
-    raw = RawBackend(respond)
-    port = free_port()
-    sozu(http_config(tmp_path, port, [raw.port], worker_count=1))
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock, sock.makefile("rb") as reader:
-            for _ in range(2):
-                sock.sendall(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
-                response = read_response(reader)
-                assert (response.version, response.body) == ("HTTP/1.1", b"ok")
-                assert response.header("Connection") is None
-        assert len(raw.received) == 2, "an HTTP/1.0 backend connection is not reused"
-    finally:
-        raw.stop()
+    port, raw = raw_proxy(respond)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock, sock.makefile("rb") as reader:
+        for _ in range(2):
+            sock.sendall(b"GET / HTTP/1.1\r\n" + H + b"\r\n")
+            response = read_response(reader)
+            assert (response.version, response.body) == ("HTTP/1.1", b"ok")
+            assert response.header("Connection") is None
+    assert len(raw.received) == 2, "an HTTP/1.0 backend connection is not reused"
 
 
 def test_many_concurrent_keep_alive_clients_get_their_own_answers(one_worker):

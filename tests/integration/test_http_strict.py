@@ -133,7 +133,7 @@ def test_a_smuggled_request_after_a_good_one_is_refused_alone(strict):
     assert b"smuggled" not in strict.log().encode()
 
 
-def test_a_bad_chunk_later_in_the_body_ends_both_connections(tmp_path, sozu):
+def test_a_bad_chunk_later_in_the_body_ends_both_connections(raw_proxy):
     """A chunked body is streamed, so its head and first chunks may reach the backend before
     a bad chunk arrives: then the client gets 400, and the backend connection is closed without
     the bad bytes (the backend sees an incomplete request, never a second one)."""
@@ -154,21 +154,16 @@ def test_a_bad_chunk_later_in_the_body_ends_both_connections(tmp_path, sozu):
         got["body"] = body
         backend_closed.set()
 
-    raw = RawBackend(respond)
-    port = free_port()
-    sozu(http_config(tmp_path, port, [raw.port], worker_count=1))
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            sock.sendall(b"POST /up HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
-            wait_for(lambda: raw.received, what="the head to reach the backend")
-            sock.sendall(b"5\r\nworldXXGET /smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            answer = sock.makefile("rb").read()
-        assert status_of(answer) == 400 and b"Connection: close" in head_of(answer)
-        assert backend_closed.wait(5), "the proxy must close the backend connection"
-        assert got["body"] == b"5\r\nhello\r\n"
-        assert len(raw.received) == 1
-    finally:
-        raw.stop()
+    port, raw = raw_proxy(respond)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"POST /up HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        wait_for(lambda: raw.received, what="the head to reach the backend")
+        sock.sendall(b"5\r\nworldXXGET /smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        answer = sock.makefile("rb").read()
+    assert status_of(answer) == 400 and b"Connection: close" in head_of(answer)
+    assert backend_closed.wait(5), "the proxy must close the backend connection"
+    assert got["body"] == b"5\r\nhello\r\n"
+    assert len(raw.received) == 1
 
 
 # -- backend answers -----------------------------------------------------------------------------
