@@ -34,7 +34,6 @@ log = logging.getLogger("sozu.tcp")
 access_log = logging.getLogger("sozu.access")
 
 
-
 # --- PROXY protocol on incoming connections ---------------------------------------------------
 
 def read_proxy_header(sock, deadline: float) -> proxy_protocol.ProxyHeader:
