@@ -1,18 +1,31 @@
 # Every install step lives here: `make run` and `make test` work on a fresh Debian machine
-# (root, Python 3.11+, git). The virtualenv is built once and reused.
+# (root, Python 3.11+, git). The system packages below are installed once, only those missing;
+# the virtualenv is built once and reused.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := libcap-dev curl openssl
 
-.PHONY: run test unit integration bench soak clean
+# What `make run` and `make test` need from Debian, one package a line, each with why:
+APT_PACKAGES += python3-venv     # ensurepip, for `python3 -m venv` (Debian ships it apart)
+APT_PACKAGES += python3-dev      # Python headers: python-prctl is a C extension
+APT_PACKAGES += gcc libc6-dev    # a C compiler and libc headers, to build it
+APT_PACKAGES += libcap-dev       # libcap headers, which python-prctl compiles against
+APT_PACKAGES += curl             # a real HTTP client in the tests, and in the README's first step
+APT_PACKAGES += openssl          # s_client and certificate tools in the HTTPS tests
+APT_PACKAGES += systemd          # systemd-analyze, to verify conf/sozu.service in the tests
 
-$(STAMP): setup.py
-	@# python-prctl compiles against libcap's headers.
-	@if [ ! -f /usr/include/sys/capability.h ] || ! command -v curl >/dev/null || ! command -v openssl >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
+.PHONY: run test unit integration bench soak clean system-packages
+
+system-packages:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+
+$(STAMP): setup.py | system-packages
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
@@ -20,7 +33,7 @@ $(STAMP): setup.py
 
 # The proxy in the foreground on 127.0.0.1:8080 with conf/config.toml, and the demo backend it
 # routes to on 127.0.0.1:1026; Ctrl-C stops both.
-run: $(STAMP)
+run: system-packages $(STAMP)
 	@$(PY) -m sozu.demo_backend --address 127.0.0.1:1026 & demo=$$!; \
 	trap 'kill $$demo 2>/dev/null' EXIT; \
 	echo "try: curl -H 'Host: localhost' http://127.0.0.1:8080/"; \
@@ -33,7 +46,7 @@ run: $(STAMP)
 # descriptor a backend's listening socket had reused.
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider --timeout=120
 ISOLATED := tests/test_sandbox.py tests/integration/test_http_session_edge.py
-test: $(STAMP)
+test: system-packages $(STAMP)
 	$(PYTEST) tests/test_sandbox.py
 	$(PYTEST) tests/integration/test_http_session_edge.py
 	$(PYTEST) $(addprefix --ignore=,$(ISOLATED)) tests

@@ -31,7 +31,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from sozu import listeners
+from sozu import listeners, systemd
 from sozu.capacity import LoadBoard
 from sozu.channel import ChannelClosed, MasterChannel
 from sozu.messages import MessageError
@@ -94,6 +94,7 @@ class Master:
         self.last_generation = ready_fd is None
         self.upgrade = None          # the Upgrade in progress, if any
         self.ready_fd = ready_fd     # set when an older master waits for us to serve
+        self.told_ready = False      # READY=1 sent to systemd (sozu/systemd.py)
         self.last_ping = 0.0
         self._wakeup_r, self._wakeup_w = os.pipe()
         os.set_blocking(self._wakeup_r, False)
@@ -276,6 +277,8 @@ class Master:
             callback(None)
         if self.ready_fd is not None and self.all_workers_serve():
             self.take_over()
+        elif not self.told_ready and self.ready_fd is None and self.all_workers_serve():
+            self.told_ready = systemd.notify("READY=1")
 
     def take_over(self) -> None:
         """Started by an upgrade, all our workers serve: the files and the command socket are
@@ -283,6 +286,8 @@ class Master:
         from sozu.startup import write_pid_file
         from sozu.upgrade import signal_ready
         write_pid_file(self.config.pid_file_path)
+        # Before the old master may exit: systemd must know its new main process by then.
+        self.told_ready = systemd.notify(f"MAINPID={os.getpid()}", "READY=1")
         self.last_generation = True
         if self.command_server is not None:
             self.command_server.register(self.selector)
@@ -487,6 +492,8 @@ class Master:
         if self.stopping == "hard" or self.stopping == how:
             return
         self.stopping = how
+        if self.last_generation:  # a retired generation's stop is no stop of the service
+            systemd.notify("STOPPING=1")
         if self.upgrade is not None:  # stopping wins: a new master would find its files removed
             self.upgrade.fail(f"a {how} stop of the proxy was asked meanwhile")
         grace = self.config.shutdown_grace_period

@@ -183,12 +183,13 @@ def proxy_and_backend(tmp: Path, name: str, worker_count: int = 1):
 
 
 def http_config(socket_path_dir: Path, listen_port: int, backends: list[int], *, worker_count: int = 2,
-                extra: str = "", app_extra: str = "", hostname: str = "localhost", listener_extra: str = "") -> str:
+                max_connections: int = 500, extra: str = "", app_extra: str = "", hostname: str = "localhost",
+                listener_extra: str = "") -> str:
     backend_list = ", ".join(f'"127.0.0.1:{p}"' for p in backends)
     return f"""
 command_socket = "{socket_path_dir}/sozu.sock"
 worker_count = {worker_count}
-max_connections = 500
+max_connections = {max_connections}
 log_level = "info"
 log_access_target = "stdout"
 front_timeout = 10
