@@ -182,6 +182,30 @@ def proxy_and_backend(tmp: Path, name: str, worker_count: int = 1):
         backend.stop()
 
 
+@contextlib.contextmanager
+def only_worker(proxy: "Sozu", worker_id: int):
+    """Within this block a new connection can only be accepted by worker `worker_id`, whatever
+    the kernel would choose: every other worker of `proxy` is stopped (SIGSTOP) meanwhile and
+    continued after. Keep the block short: a stopped worker misses its heartbeats."""
+    others = [w["pid"] for w in proxy.workers() if w["id"] != worker_id]
+    for pid in others:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in others:
+            os.kill(pid, signal.SIGCONT)
+
+
+def on_each_worker(proxy: "Sozu", action) -> list:
+    """action() once with each worker alone able to accept (only_worker): its results by worker."""
+    results = []
+    for worker in proxy.workers():
+        with only_worker(proxy, worker["id"]):
+            results.append(action())
+    return results
+
+
 def http_config(socket_path_dir: Path, listen_port: int, backends: list[int], *, worker_count: int = 2,
                 max_connections: int = 500, extra: str = "", app_extra: str = "", hostname: str = "localhost",
                 listener_extra: str = "") -> str:

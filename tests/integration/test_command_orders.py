@@ -18,6 +18,7 @@ from tests.integration.harness import (
     Sozu,
     free_port,
     http_config,
+    on_each_worker,
     running_proxy,
     wait_for,
 )
@@ -139,16 +140,8 @@ def test_a_listener_added_at_runtime_is_served_by_every_worker(proxy, backends):
     ok(proxy.order("ADD_HTTP_FRONT", {"app_id": "app", "address": address, "hostname": "listener.example"}))
     assert get(port, "listener.example", "/on-the-new-listener") == (200, "b1")
 
-    def both_workers_served():
-        def hit():
-            get(port, "listener.example", "/on-the-new-listener")
-        threads = [threading.Thread(target=hit) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(5)
-        return access_lines(proxy, "/on-the-new-listener") >= {"WRK-0", "WRK-1"}
-    wait_for(both_workers_served, 10, interval=0.05, what="both workers to serve the new listener")
+    assert on_each_worker(proxy, lambda: get(port, "listener.example", "/on-the-new-listener")) == [(200, "b1")] * 2
+    assert access_lines(proxy, "/on-the-new-listener") == {"WRK-0", "WRK-1"}
 
     # deactivated: the socket stays bound (connections wait in the backlog), nobody accepts
     ok(proxy.order("DEACTIVATE_LISTENER", {"front": address, "proxy": "HTTP"}))

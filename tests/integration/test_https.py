@@ -17,7 +17,7 @@ import pytest
 
 from sozu import proxy_protocol
 from tests.integration.certs import TestCA, key_pem, new_key
-from tests.integration.harness import Backend, Sozu, free_port
+from tests.integration.harness import Backend, Sozu, free_port, on_each_worker
 
 OPENSSL = "openssl"
 
@@ -420,10 +420,11 @@ chroot = "{jail}"
         done = sozu.ctl("certificate", "add", f"--address={address}", f"--certificate={leaf.cert_path}",
                         f"--key={leaf.key_path}")
         assert done.returncode == 0, (done.stdout, done.stderr)
-        for _ in range(4):  # both workers
+        def served_in_the_jail():  # certificates and backends reached from inside the chroot
             done = curl(port, "jail.test", "/in/jail", ca.path)
             assert done.returncode == 0 and json.loads(done.stdout)["path"] == "/in/jail", done.stderr
-            assert round_trip(tcp_port, b"from the jail") == b"from the jail"
+            return round_trip(tcp_port, b"from the jail")
+        assert on_each_worker(sozu, served_in_the_jail) == [b"from the jail"] * 2
     finally:
         sozu.stop()
         backend.stop()

@@ -16,6 +16,7 @@ from tests.integration.harness import (
     Sozu,
     free_port,
     http_config,
+    on_each_worker,
     running_proxy,
     wait_for,
 )
@@ -91,11 +92,8 @@ def test_logging_changes_master_and_workers_at_once(proxy):
     assert out.stdout.strip() == "OK: LOGGING applied by 2 workers"
     assert "log filter set to 'debug'" in proxy.log()
 
-    def every_worker_logs_debug():
-        for _ in range(6):  # fresh connections land on either worker; a 404 is logged at debug
-            get(proxy.port, "nobody.example")
-        return {"WRK-0", "WRK-1"} <= debug_tags(proxy.log())
-    wait_for(every_worker_logs_debug, 10, what="both workers to log at debug")
+    on_each_worker(proxy, lambda: get(proxy.port, "nobody.example"))  # a 404 is logged at debug
+    wait_for(lambda: {"WRK-0", "WRK-1"} <= debug_tags(proxy.log()), 10, what="both workers to log at debug")
     ctl(proxy, "logging", "--level=info,sozu.http=warn")
     mark = len(proxy.log())
     for _ in range(10):
