@@ -329,9 +329,11 @@ def test_a_listener_sent_to_a_stuck_worker_blocks_nobody_and_arrives_later(proxy
         conn.close()
         return status
     assert on_each_worker(proxy, served_by_one_worker) == [200, 200]
-    served = {line.split()[2] for line in proxy.log().splitlines()
-              if " ACCESS " in line and "stuck.example" in line}
-    assert served == {"WRK-0", "WRK-1"}
+
+    def tags_of_access_lines():  # a worker writes its line just after the answer: waited for
+        return {line.split()[2] for line in proxy.log().splitlines()
+                if " ACCESS " in line and "stuck.example" in line} == {"WRK-0", "WRK-1"}
+    wait_for(tags_of_access_lines, 5, what="both workers' access lines")
     for i in range(4):
         assert proxy.order("REMOVE_APPLICATION", f"filler-{i}")["status"] == "OK"
     assert proxy.order("REMOVE_LISTENER", {"front": address, "proxy": "HTTP"})["status"] == "OK"

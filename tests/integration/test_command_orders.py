@@ -141,7 +141,8 @@ def test_a_listener_added_at_runtime_is_served_by_every_worker(proxy, backends):
     assert get(port, "listener.example", "/on-the-new-listener") == (200, "b1")
 
     assert on_each_worker(proxy, lambda: get(port, "listener.example", "/on-the-new-listener")) == [(200, "b1")] * 2
-    assert access_lines(proxy, "/on-the-new-listener") == {"WRK-0", "WRK-1"}
+    wait_for(lambda: access_lines(proxy, "/on-the-new-listener") == {"WRK-0", "WRK-1"}, 5,
+             what="both workers' access lines (each is written just after its answer)")
 
     # deactivated: the socket stays bound (connections wait in the backlog), nobody accepts
     ok(proxy.order("DEACTIVATE_LISTENER", {"front": address, "proxy": "HTTP"}))
