@@ -27,7 +27,8 @@ try:
 except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
 
-from sozu.messages import Order, normalize_hostname
+from sozu.messages import MessageError, Order, normalize_hostname
+from sozu.state import front_rule
 
 LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "critical", "off")
 LOAD_BALANCING_POLICIES = {"roundrobin": "RoundRobin", "random": "Random",
@@ -84,6 +85,16 @@ class FrontendConfig:
     address: str
     hostname: str | None = None        # lower-case; None for tcp
     path_begin: str = ""
+    # Routing rules (docs/routing.md), as in ADD_HTTP_FRONT; `path` and `path_type` are Sozu 2's
+    # spelling of its `path: {kind, value}`. The normalised order fields land in `rules`.
+    path: str | None = None
+    path_type: str = "PREFIX"
+    methods: tuple[str, ...] = ()
+    redirect: dict | None = None
+    rewrite: dict | None = None
+    request_headers: tuple = ()
+    response_headers: tuple = ()
+    rules: dict = dataclasses.field(default_factory=dict)   # not a TOML key
     certificate: str | None = None     # PEM of the leaf certificate
     key: str | None = None             # PEM of its private key
     certificate_chain: tuple[str, ...] = ()   # PEM blocks, leaf excluded
@@ -178,7 +189,8 @@ class Config:
                 else:
                     orders.append(Order(f"ADD_{protocols[front.address].upper()}_FRONT", {
                         "app_id": app.app_id, "address": front.address,
-                        "hostname": front.hostname, "path_begin": front.path_begin}))
+                        "hostname": front.hostname, "path_begin": front.path_begin,
+                        **front.rules}))
         return orders
 
     def summary(self) -> str:
@@ -556,7 +568,7 @@ class _Owners:
     """What the applications read so far claim, to refuse what ConfigState would refuse."""
 
     def __init__(self):
-        self.routes: dict = {}         # (address, hostname, path_begin) -> dotted key
+        self.routes: dict = {}         # (address, hostname, path rule) -> dotted key
         self.tcp: dict = {}            # address -> dotted key
         self.backends: dict = {}       # (app_id, backend_id, address) -> dotted key
         self.certificates: dict = {}   # (address, leaf PEM) -> (key PEM, chain, dotted key)
@@ -585,7 +597,7 @@ def _parse_application(table: _Table, app_id: str, listeners: dict, owners: _Own
         table.refuse(("sticky_session", "https_redirect", "answer_503"), "only for http applications",
                      "no such key on tcp applications")
     frontends = tuple(_parse_frontend(front, app_id, protocol, listeners, owners) for front in table.tables(
-        "frontends", FrontendConfig, "an array of frontend tables", ("certificate_path",)))
+        "frontends", FrontendConfig, "an array of frontend tables", ("certificate_path", "rules")))
     if not table.data.get("send_proxy"):
         table.refuse(("send_proxy_version",), "only with send_proxy = true", "send_proxy = true first")
     items = table.array("backends", 'an array of "IP:PORT" strings or backend tables')
@@ -611,7 +623,7 @@ def _parse_frontend(table: _Table, app_id: str, protocol: str, listeners: dict,
         raise table.error("address", what, table.data["address"],
                           f"the address of {wanted} listener for {_A[protocol]} application ({candidates})")
     if protocol == "tcp":
-        table.refuse(("hostname", "path_begin", "certificate", "key", "certificate_chain"),
+        table.refuse(("hostname", "path_begin", "certificate", "key", "certificate_chain") + _RULE_KEYS,
                      "only for http applications", "a tcp frontend has only an address")
         if address in owners.tcp:
             raise table.error("address", f"already routed by {owners.tcp[address]}", table.data["address"],
@@ -626,17 +638,43 @@ def _parse_frontend(table: _Table, app_id: str, protocol: str, listeners: dict,
                           "a host name like example.com or *.example.com (no port, no scheme)") from None
     path_begin = table.string("path_begin", expected='"" or a path prefix starting with "/"',
                               pattern=_PATH_BEGIN, allow_empty=True)
-    route = (address, hostname, path_begin)
+    rules = _rules(table, app_id, address, hostname, path_begin)
+    path_begin = rules.pop("path_begin")
+    route = (address, hostname, front_rule({"path_begin": path_begin, **rules}))
     if route in owners.routes:
-        raise table.error("hostname", f"the same address, hostname and path_begin as {owners.routes[route]}",
+        raise table.error("hostname", f"the same address, hostname and path rule as {owners.routes[route]}",
                           raw, "each route once")
     owners.routes[route] = table.prefix
     if listener.protocol != "https":
         table.refuse(("certificate", "key", "certificate_chain"), "only on https listeners",
                      f"no certificate on a frontend of the http listener {address}")
-        return FrontendConfig(address=address, hostname=hostname, path_begin=path_begin)
-    return FrontendConfig(address=address, hostname=hostname, path_begin=path_begin,
+        return FrontendConfig(address=address, hostname=hostname, path_begin=path_begin, rules=rules)
+    return FrontendConfig(address=address, hostname=hostname, path_begin=path_begin, rules=rules,
                           **_certificate(table, address, owners))
+
+
+_RULE_KEYS = ("path", "path_type", "methods", "redirect", "rewrite", "request_headers", "response_headers")
+
+
+def _rules(table: _Table, app_id: str, address: str, hostname: str, path_begin: str) -> dict:
+    """The rule fields of a frontend table, checked and normalised by the order schema itself
+    (sozu.messages), its errors given the TOML key: one set of rules for the file and the orders."""
+    data = {key: table.data[key] for key in _RULE_KEYS[2:] if key in table.data}
+    if "path" in table.data:
+        data["path"] = {"kind": table.data.get("path_type", "PREFIX"), "value": table.data["path"]}
+    else:
+        table.refuse(("path_type",), "needs path", "path to be set too")
+    front = {"app_id": app_id, "address": address, "hostname": hostname, "path_begin": path_begin, **data}
+    try:
+        front = Order.from_json({"type": "ADD_HTTP_FRONT", "data": front}).data
+    except MessageError as error:
+        field, _, rest = error.field.partition(".")
+        name, bracket, index = field.partition("[")
+        if name == "path":
+            name, rest = ("path_type" if rest == "kind" else "path"), ""
+        key = table.key(name) + bracket + index + ("." + rest if rest else "")
+        raise ConfigError(table.ctx.file, key, error.problem) from None
+    return {key: value for key, value in front.items() if key not in ("app_id", "address", "hostname")}
 
 
 def _parse_backend(app: _Table, index: int, item, app_id: str, owners: _Owners) -> BackendConfig:

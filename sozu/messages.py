@@ -28,6 +28,8 @@ class MessageError(ValueError):
     `id` is the request id when it could be read, so an ERROR answer can carry it."""
 
     id: str | None = None
+    field: str = ""  # for an order's data: the faulty field's path within it, and the problem
+    problem: str = ""
 
 
 class FrameTooLarge(MessageError):
@@ -67,6 +69,7 @@ def _bad(expected: str, value: Any) -> _Invalid:
 
 Checker = Callable[[Any], Any]
 _REQUIRED = object()
+_ABSENT = object()  # a default that leaves the field out of the normal form (see _front)
 
 # --- value checkers ---------------------------------------------------------------------------
 
@@ -105,6 +108,16 @@ def _int_range(low: int, high: int | None) -> Checker:
     def check(v: Any) -> int:
         # bool is an int subclass; a JSON `true` is not a number here.
         if type(v) is not int or v < low or (high is not None and v > high):
+            raise _bad(expected, v)
+        return v
+    return check
+
+
+def _int_choice(choices: tuple[int, ...]) -> Checker:
+    expected = "one of " + ", ".join(map(str, choices))
+
+    def check(v: Any) -> int:
+        if type(v) is not int or v not in choices:
             raise _bad(expected, v)
         return v
     return check
@@ -166,6 +179,8 @@ def _object(spec: dict[str, tuple[Checker, Any]]) -> Checker:
                     raise e.under(name) from None
             elif default is _REQUIRED:
                 raise _Invalid(name, "missing required field")
+            elif default is _ABSENT:
+                continue
             else:
                 out[name] = list(default) if type(default) is list else default
         return out
@@ -313,13 +328,195 @@ def _tls_versions(v: Any) -> list[str]:
     return [version for version in _TLS_VERSIONS if version in seen]
 
 
+_req = _REQUIRED
+
+# --- http(s) frontends and their rules --------------------------------------------------------
+#
+# A front is matched by address, hostname, a path rule and optionally methods; it may then
+# redirect, rewrite the host and path, and edit headers (docs/routing.md). Rule fields appear in
+# the normal form only when used: a front without rules keeps its Sozu 0.11 shape (and the
+# application hash it had). A path rule of kind PREFIX is normalised to `path_begin`.
+
+PATH_KINDS = ("PREFIX", "EQUALS", "REGEX")
+REDIRECT_STATUSES = (301, 302, 307, 308)
+HEADER_ACTIONS = ("ADD", "SET", "REMOVE")
+# Headers that frame the message or concern one hop only (RFC 9110 §7.6.1, RFC 9112 §6): an
+# edit could make the message ambiguous to the next hop. Host is rewritten by `rewrite.host`.
+UNEDITABLE_HEADERS = frozenset(("content-length", "transfer-encoding", "connection", "host",
+                                "keep-alive", "te", "trailer", "upgrade", "proxy-connection"))
+_PATH_VALUE = re.compile(r"/[!-~]*\Z")        # printable ASCII from "/", no space
+_QUERY_VALUE = re.compile(r"[!-\"$-~]*\Z")    # printable ASCII, no space, no "#"
+_HEADER_VALUE = re.compile(r"(?:[!-~](?:[\t !-~]*[!-~])?)?\Z")  # no CTL; no edge whitespace
+_SCHEMES = ("http", "https")
+
+
+def _regex(v: Any) -> str:
+    """A Python `re` pattern, compiled here as the router does (over the UTF-8 bytes of
+    request paths), so that a bad one is refused when the order arrives."""
+    if type(v) is not str or not v:
+        raise _bad("a non-empty regular expression", v)
+    try:
+        re.compile(v.encode("utf-8"))
+    except (re.error, OverflowError, RecursionError, UnicodeEncodeError) as e:
+        raise _Invalid("", f"bad regular expression {_show(v)}: {e}") from None
+    return v
+
+
+def _path_rule(v: Any) -> dict:
+    rule = _object({"kind": (_enum(PATH_KINDS), "PREFIX"), "value": (_str, _req)})(v)
+    check = {"PREFIX": _path_begin, "EQUALS": _path_value, "REGEX": _regex}[rule["kind"]]
+    try:
+        check(rule["value"])
+    except _Invalid as e:
+        raise e.under("value") from None
+    return rule
+
+
+def _path_value(v: Any) -> str:
+    if type(v) is not str or not _PATH_VALUE.match(v):
+        raise _bad('a path starting with "/" (printable ASCII, no spaces)', v)
+    return v
+
+
+def _method(v: Any) -> str:
+    if type(v) is not str or not _TOKEN.match(v):
+        raise _bad('an HTTP method like "GET"', v)
+    return v.upper()
+
+
+def _methods(v: Any) -> list[str]:
+    methods = sorted(_list_of(_method, unique=True)(v))
+    if not methods:
+        raise _bad("a non-empty list of methods (leave the field out to match every method)", v)
+    return methods
+
+
+def _host_port(v: Any) -> str:
+    """A host name or IP literal, optionally with a port: what a Host header may say."""
+    if type(v) is str:
+        host, colon, port = v.rpartition(":") if not v.endswith("]") else (v, "", "")
+        if not colon:
+            host = v
+        try:
+            if not colon or (port.isdigit() and 1 <= int(port) <= 65535 and port[0] != "0"):
+                name = normalize_hostname(host, wildcard=False)
+                return f"{name}:{port}" if colon else name
+        except ValueError:
+            pass
+    raise _bad('a host name, optionally with a port ("example.com", "example.com:8080")', v)
+
+
+def _query_value(v: Any) -> str:
+    if type(v) is not str or not _QUERY_VALUE.match(v) or v.startswith("?"):
+        raise _bad('a query without "?" (printable ASCII, no spaces, no "#"), or "" for none', v)
+    return v
+
+
+_REDIRECT_FIELDS = _object({
+    "status": (_int_choice(REDIRECT_STATUSES), 302),
+    "scheme": (_optional(_enum(_SCHEMES)), None),
+    "host": (_optional(_host_port), None),
+    "port": (_optional(_int_range(1, 65535)), None),
+    "path": (_optional(_path_value), None),
+    "query": (_optional(_query_value), None),
+})
+_REWRITE = _object({
+    "host": (_optional(_host_port), None),
+    "strip_prefix": (_optional(_path_value), None),
+    "path_regex": (_optional(_regex), None),
+    "path_replacement": (_optional(_str), None),
+})
+
+
+def _rewrite(v: Any) -> dict:
+    rewrite = _REWRITE(v)
+    if (rewrite["path_regex"] is None) != (rewrite["path_replacement"] is None):
+        raise _Invalid("path_replacement" if rewrite["path_regex"] else "path_regex",
+                       "path_regex and path_replacement go together")
+    if rewrite["path_regex"] is not None:
+        # The replacement's group references are checked against the pattern's groups: the
+        # pattern with an empty alternative matches "", and expanding there resolves them.
+        try:
+            re.compile(rewrite["path_regex"].encode("utf-8") + b"|").sub(
+                rewrite["path_replacement"].encode("utf-8"), b"", count=1)
+        except (re.error, IndexError, UnicodeEncodeError) as e:
+            raise _Invalid("path_replacement", f"bad replacement "
+                           f"{_show(rewrite['path_replacement'])}: {e}") from None
+    if rewrite == {"host": None, "strip_prefix": None, "path_regex": None,
+                   "path_replacement": None}:
+        raise _bad("a rewrite of host, strip_prefix or path_regex", v)
+    return rewrite
+
+
+def _header_name(v: Any) -> str:
+    if type(v) is not str or not _TOKEN.match(v):
+        raise _bad('a header name like "X-Frame-Options"', v)
+    lower = v.lower()
+    if lower in UNEDITABLE_HEADERS or lower.startswith("proxy-"):
+        hint = "; use rewrite.host" if lower == "host" else ""
+        raise _Invalid("", f"{v} frames the message or is hop-by-hop: it cannot be edited{hint}")
+    return v
+
+
+_HEADER_EDIT_FIELDS = _object({
+    "action": (_enum(HEADER_ACTIONS), _req),
+    "name": (_header_name, _req),
+    "value": (_str, ""),
+})
+
+
+def _header_edit(v: Any) -> dict:
+    edit = _HEADER_EDIT_FIELDS(v)
+    if edit["action"] == "REMOVE":
+        if edit["value"]:
+            raise _Invalid("value", "a REMOVE edit has no value")
+    elif not _HEADER_VALUE.match(edit["value"]):
+        raise _Invalid("value", "expected printable ASCII without surrounding spaces, got "
+                       f"{_show(edit['value'])}")
+    return edit
+
+
+_header_edits = _list_of(_header_edit)
+_FRONT_FIELDS = _object({
+    "app_id": (_name, _req),
+    "address": (_address, _req),
+    "hostname": (_hostname, _req),
+    "path_begin": (_path_begin, ""),
+    "path": (_path_rule, _ABSENT),
+    "methods": (_methods, _ABSENT),
+    "redirect": (_REDIRECT_FIELDS, _ABSENT),
+    "rewrite": (_rewrite, _ABSENT),
+    "request_headers": (_header_edits, _ABSENT),
+    "response_headers": (_header_edits, _ABSENT),
+})
+
+
+def _front(v: Any) -> dict:
+    front = _FRONT_FIELDS(v)
+    path = front.get("path")
+    if path is not None:
+        if front["path_begin"]:
+            raise _Invalid("path", "give either path or path_begin, not both")
+        if path["kind"] == "PREFIX":
+            front["path_begin"] = path["value"]
+            del front["path"]
+    for name in ("request_headers", "response_headers"):
+        if front.get(name) == []:
+            del front[name]
+    redirect = front.get("redirect")
+    if redirect is not None and front.get("rewrite") is None and redirect["scheme"] is None \
+            and all(redirect[k] is None for k in ("host", "port", "path", "query")):
+        raise _Invalid("redirect", "this redirect would send the client to the URL it asked "
+                       "for: give a scheme, host, port, path or query (or a rewrite)")
+    return front
+
+
 # --- order schemas ----------------------------------------------------------------------------
 
 POLICIES = ("RoundRobin", "Random", "LeastConnections", "PowerOfTwo")
 PROXY_PROTOCOLS = ("ExpectHeader", "SendHeader", "RelayHeader")
 LISTENER_PROXIES = ("HTTP", "HTTPS", "TCP")
 
-_req = _REQUIRED
 _timeout = _int_range(1, None)
 
 _APPLICATION = _object({
@@ -332,12 +529,7 @@ _APPLICATION = _object({
     "load_balancing_policy": (_enum(POLICIES), "RoundRobin"),
     "answer_503": (_optional(_str), None),
 })
-_HTTP_FRONT = _object({
-    "app_id": (_name, _req),
-    "address": (_address, _req),
-    "hostname": (_hostname, _req),
-    "path_begin": (_path_begin, ""),
-})
+_HTTP_FRONT = _front
 _TCP_FRONT = _object({"app_id": (_name, _req), "address": (_address, _req)})
 _BACKEND = _object({
     "app_id": (_name, _req),
@@ -493,8 +685,11 @@ class Order:
         try:
             return cls(kind, check(obj.get("data")))
         except _Invalid as e:
+            field, problem = e.path, e.text
             e.under("data")
-            raise MessageError(f"{kind}: {e.path}: {e.text}") from None
+            error = MessageError(f"{kind}: {e.path}: {e.text}")
+            error.field, error.problem = field, problem
+            raise error from None
 
     def to_json(self) -> dict:
         """The normalised JSON object (shares `data`: do not mutate it)."""

@@ -111,8 +111,62 @@ _ADD_LISTENER = {"http": "ADD_HTTP_LISTENER", "https": "ADD_HTTPS_LISTENER",
                  "tcp": "ADD_TCP_LISTENER"}
 
 
-def _front(key: tuple[str, str, str], app_id: str) -> dict:
-    return {"app_id": app_id, "address": key[0], "hostname": key[1], "path_begin": key[2]}
+# --- http(s) fronts ---------------------------------------------------------------------------
+#
+# Fronts are filed by (address, hostname), then by their rule: (kind, value, methods), so that
+# an order touches one host's fronts only and the router rebuilds only the hosts that changed.
+# A host's fronts keep the order they were added in: regex rules are tried in that order
+# (docs/routing.md). A host's dict is never mutated in place: a change replaces it.
+
+Host = tuple[str, str]  # (address, hostname)
+Rule = tuple[str, str, tuple[str, ...]]  # (path kind, path value, methods)
+Fronts = dict[Host, dict[Rule, dict]]
+
+
+def front_rule(front: dict) -> Rule:
+    path = front.get("path")
+    kind, value = (path["kind"], path["value"]) if path else ("PREFIX", front["path_begin"])
+    return kind, value, tuple(front.get("methods", ()))
+
+
+def describe_front(front: dict) -> str:
+    """`example.com/api` or `example.com =/login [GET]` or `example.com ~^/u/[0-9]+`."""
+    kind, value, methods = front_rule(front)
+    text = front["hostname"] + {"PREFIX": "", "EQUALS": " =", "REGEX": " ~"}[kind] + value
+    return text + (f" [{','.join(methods)}]" if methods else "")
+
+
+def _all_fronts(fronts: Fronts) -> list[dict]:
+    """Every front, hosts sorted, each host's fronts in the order they were added."""
+    return [front for _, group in sorted(fronts.items()) for front in group.values()]
+
+
+def _regex_order(group: dict[Rule, dict]) -> list[Rule]:
+    return [rule for rule in group if rule[0] == "REGEX"]
+
+
+def _same_fronts(mine: Fronts, theirs: Fronts) -> bool:
+    return mine == theirs and all(_regex_order(group) == _regex_order(theirs[host])
+                                  for host, group in mine.items())
+
+
+def _diff_group(mine: dict[Rule, dict], theirs: dict[Rule, dict]) -> tuple[list, list]:
+    """(fronts to remove, fronts to add, in order) turning one host's fronts into another's.
+    An added front goes after the host's others, so the regex rules kept are those that, in
+    their order, make the longest start of theirs; the other regex rules are added again."""
+    wanted = _regex_order(theirs)
+    k, moved = 0, set()
+    for rule in _regex_order(mine):
+        if theirs.get(rule) != mine[rule]:
+            continue  # removed or changed anyway
+        if k < len(wanted) and rule == wanted[k]:
+            k += 1
+        else:
+            moved.add(rule)
+    moved.update(wanted[k:])
+    removed = [f for rule, f in mine.items() if rule in moved or theirs.get(rule) != f]
+    added = [f for rule, f in theirs.items() if rule in moved or mine.get(rule) != f]
+    return removed, added
 
 
 def _host_matches(pattern: str, hostname: str) -> bool:
@@ -125,14 +179,28 @@ def _host_matches(pattern: str, hostname: str) -> bool:
     return False
 
 
+def _path_matches(front: dict, path: str) -> bool:
+    kind, value, _ = front_rule(front)
+    if kind == "PREFIX":
+        return path.startswith(value)
+    return path == value if kind == "EQUALS" else re.search(value, path) is not None
+
+
+def _replace_group(fronts: Fronts, host: Host, group: dict[Rule, dict]) -> None:
+    if group:
+        fronts[host] = group
+    else:
+        fronts.pop(host, None)
+
+
 class ConfigState:
     """Listeners, applications, frontends, backends and certificates (see module docstring)."""
 
     def __init__(self) -> None:
         self.listeners: dict[str, Listener] = {}
         self.applications: dict[str, dict] = {}
-        self.http_fronts: dict[tuple[str, str, str], str] = {}
-        self.https_fronts: dict[tuple[str, str, str], str] = {}
+        self.http_fronts: Fronts = {}
+        self.https_fronts: Fronts = {}
         self.tcp_fronts: dict[str, str] = {}
         self.backends: dict[str, list[dict]] = {}
         self.certificates: dict[str, dict[str, dict]] = {}
@@ -160,8 +228,8 @@ class ConfigState:
             return NotImplemented
         return (self.listeners == other.listeners
                 and self.applications == other.applications
-                and self.http_fronts == other.http_fronts
-                and self.https_fronts == other.https_fronts
+                and _same_fronts(self.http_fronts, other.http_fronts)
+                and _same_fronts(self.https_fronts, other.https_fronts)
                 and self.tcp_fronts == other.tcp_fronts
                 and {k: v for k, v in self.backends.items() if v}
                 == {k: v for k, v in other.backends.items() if v}
@@ -172,10 +240,13 @@ class ConfigState:
 
     def __repr__(self) -> str:
         return (f"<ConfigState {len(self.listeners)} listeners, {len(self.applications)} "
-                f"applications, {len(self.http_fronts) + len(self.https_fronts)} http(s) "
+                f"applications, {self.front_count()} http(s) "
                 f"fronts, {len(self.tcp_fronts)} tcp fronts, "
                 f"{sum(map(len, self.backends.values()))} backends, "
                 f"{sum(map(len, self.certificates.values()))} certificates>")
+
+    def front_count(self) -> int:
+        return sum(map(len, self.http_fronts.values())) + sum(map(len, self.https_fronts.values()))
 
     # --- dispatch -----------------------------------------------------------------------------
 
@@ -212,43 +283,47 @@ class ConfigState:
 
     def _remove_application(self, app_id: str) -> None:
         self._application(app_id)
-        http = [key for key, app in self.http_fronts.items() if app == app_id]
-        https = [key for key, app in self.https_fronts.items() if app == app_id]
+        for fronts in (self.http_fronts, self.https_fronts):
+            for host, group in list(fronts.items()):
+                if any(front["app_id"] == app_id for front in group.values()):
+                    _replace_group(fronts, host, {rule: front for rule, front in group.items()
+                                                  if front["app_id"] != app_id})
         tcp = [key for key, app in self.tcp_fronts.items() if app == app_id]
-        for key in http:
-            del self.http_fronts[key]
-        for key in https:
-            del self.https_fronts[key]
         for address in tcp:
             del self.tcp_fronts[address]
         self.backends.pop(app_id, None)
         del self.applications[app_id]
 
     def _add_http_front(self, data: dict, protocol: str = "http") -> None:
+        """A new front, or new settings for a front of the same application (it keeps its
+        place among the host's regex rules)."""
         fronts = self.https_fronts if protocol == "https" else self.http_fronts
         app_id, address = data["app_id"], data["address"]
         self._application(app_id)
         self._listener(address, protocol)
-        key = (address, data["hostname"], data["path_begin"])
-        current = fronts.get(key)
-        if current is not None and current != app_id:
-            raise StateError(f"{protocol} front {key[1]}{key[2]} on {address} already routes to "
-                             f"application {current}")
-        fronts[key] = app_id
+        host, rule = (address, data["hostname"]), front_rule(data)
+        group = fronts.get(host, {})
+        current = group.get(rule)
+        if current is not None and current["app_id"] != app_id:
+            raise StateError(f"{protocol} front {describe_front(data)} on {address} already "
+                             f"routes to application {current['app_id']}")
+        if current != data:
+            _replace_group(fronts, host, {**group, rule: data})
 
     def _add_https_front(self, data: dict) -> None:
         self._add_http_front(data, "https")
 
     def _remove_http_front(self, data: dict, protocol: str = "http") -> None:
         fronts = self.https_fronts if protocol == "https" else self.http_fronts
-        key = (data["address"], data["hostname"], data["path_begin"])
-        current = fronts.get(key)
+        host, rule = (data["address"], data["hostname"]), front_rule(data)
+        group = fronts.get(host, {})
+        current = group.get(rule)
         if current is None:
-            raise StateError(f"no {protocol} front {key[1]}{key[2]} on {key[0]}")
-        if current != data["app_id"]:
-            raise StateError(f"the {protocol} front {key[1]}{key[2]} on {key[0]} belongs to "
-                             f"application {current}, not {data['app_id']}")
-        del fronts[key]
+            raise StateError(f"no {protocol} front {describe_front(data)} on {host[0]}")
+        if current["app_id"] != data["app_id"]:
+            raise StateError(f"the {protocol} front {describe_front(data)} on {host[0]} belongs "
+                             f"to application {current['app_id']}, not {data['app_id']}")
+        _replace_group(fronts, host, {r: f for r, f in group.items() if r != rule})
 
     def _remove_https_front(self, data: dict) -> None:
         self._remove_http_front(data, "https")
@@ -353,12 +428,9 @@ class ConfigState:
     def _remove_listener(self, data: dict) -> None:
         address = data["front"]
         self._listener(address, data["proxy"].lower())
-        http = [key for key in self.http_fronts if key[0] == address]
-        https = [key for key in self.https_fronts if key[0] == address]
-        for key in http:
-            del self.http_fronts[key]
-        for key in https:
-            del self.https_fronts[key]
+        for fronts in (self.http_fronts, self.https_fronts):
+            for host in [host for host in fronts if host[0] == address]:
+                del fronts[host]
         self.tcp_fronts.pop(address, None)
         self.certificates.pop(address, None)
         del self.listeners[address]
@@ -387,10 +459,8 @@ class ConfigState:
         orders += [Order("ADD_APPLICATION", app) for _, app in sorted(self.applications.items())]
         orders += [Order("ADD_BACKEND", b)
                    for _, backends in sorted(self.backends.items()) for b in backends]
-        orders += [Order("ADD_HTTP_FRONT", _front(key, app))
-                   for key, app in sorted(self.http_fronts.items())]
-        orders += [Order("ADD_HTTPS_FRONT", _front(key, app))
-                   for key, app in sorted(self.https_fronts.items())]
+        orders += [Order("ADD_HTTP_FRONT", f) for f in _all_fronts(self.http_fronts)]
+        orders += [Order("ADD_HTTPS_FRONT", f) for f in _all_fronts(self.https_fronts)]
         orders += [Order("ADD_TCP_FRONT", {"app_id": app, "address": address})
                    for address, app in sorted(self.tcp_fronts.items())]
         return orders
@@ -406,11 +476,17 @@ class ConfigState:
                     if (o := other.listeners.get(address)) is None
                     or (o.protocol, o.config) != (l.protocol, l.config)}
 
+        front_additions = []
         for protocol, mine, theirs in (("HTTP", self.http_fronts, other.http_fronts),
                                        ("HTTPS", self.https_fronts, other.https_fronts)):
-            removals += [Order(f"REMOVE_{protocol}_FRONT", _front(key, app))
-                         for key, app in sorted(mine.items())
-                         if key[0] in replaced or theirs.get(key) != app]
+            for host in sorted(mine.keys() | theirs.keys()):
+                if host[0] in replaced:  # its listener is added again: so are its fronts
+                    removed = list(mine.get(host, {}).values())
+                    added = list(theirs.get(host, {}).values())
+                else:
+                    removed, added = _diff_group(mine.get(host, {}), theirs.get(host, {}))
+                removals += [Order(f"REMOVE_{protocol}_FRONT", f) for f in removed]
+                front_additions += [Order(f"ADD_{protocol}_FRONT", f) for f in added]
         removals += [Order("REMOVE_TCP_FRONT", {"app_id": app, "address": address})
                      for address, app in sorted(self.tcp_fronts.items())
                      if address in replaced or other.tcp_fronts.get(address) != app]
@@ -455,11 +531,7 @@ class ConfigState:
                       for app_id, app in sorted(other.applications.items())
                       if self.applications.get(app_id) != app]
         additions += backend_additions
-        for protocol, mine, theirs in (("HTTP", self.http_fronts, other.http_fronts),
-                                       ("HTTPS", self.https_fronts, other.https_fronts)):
-            additions += [Order(f"ADD_{protocol}_FRONT", _front(key, app))
-                          for key, app in sorted(theirs.items())
-                          if key[0] in fresh or mine.get(key) != app]
+        additions += front_additions
         additions += [Order("ADD_TCP_FRONT", {"app_id": app, "address": address})
                       for address, app in sorted(other.tcp_fronts.items())
                       if address in fresh or self.tcp_fronts.get(address) != app]
@@ -473,8 +545,8 @@ class ConfigState:
             for app_id in self.applications}
         for kind, fronts in (("http_frontends", self.http_fronts),
                              ("https_frontends", self.https_fronts)):
-            for key, app_id in sorted(fronts.items()):
-                grouped[app_id][kind].append(_front(key, app_id))
+            for front in _all_fronts(fronts):
+                grouped[front["app_id"]][kind].append(dict(front))
         for address, app_id in sorted(self.tcp_fronts.items()):
             grouped[app_id]["tcp_frontends"].append({"app_id": app_id, "address": address})
         return grouped
@@ -510,7 +582,7 @@ class ConfigState:
             fronts = grouped[app]
             if domain is not None and not any(
                     _host_matches(f["hostname"], domain)
-                    and (path_begin is None or path_begin.startswith(f["path_begin"]))
+                    and (path_begin is None or _path_matches(f, path_begin))
                     for f in fronts["http_frontends"] + fronts["https_frontends"]):
                 continue
             views.append(self._application_view(app, fronts))

@@ -100,6 +100,7 @@ class Worker:
         self.pool = gevent.pool.Pool(config.max_connections)
         self.servers: dict[str, StreamServer] = {}
         self.listener_infos: dict[str, ListenerInfo] = {}
+        self.router: Router | None = None
         self.balancer = Balancer()
         self.backend_pool = BackendPool()
         self.body_buffers = BodyBuffers(config.buffer_size)
@@ -183,7 +184,7 @@ class Worker:
     # -- state -------------------------------------------------------------------------------
     def rebuild(self) -> None:
         """Derive the routing tables from the state, and serve exactly the active listeners."""
-        self.router = Router.from_state(self.state)
+        self.router = Router.from_state(self.state, self.router)  # unchanged hosts are reused
         self.balancer.update(self.state)
         self.tls.update(self.state)
         live = {b["address"] for backends in self.state.backends.values() for b in backends}

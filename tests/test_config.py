@@ -81,7 +81,8 @@ def test_message_unknown_key_has_dotted_path_and_suggestion():
     assert error.key == "applications.MyApp.frontends[0].hostnme"
     assert str(error) == (
         f"{PATH}: applications.MyApp.frontends[0].hostnme: unknown key, did you mean hostname? "
-        "(expected one of address, hostname, path_begin, certificate, key, certificate_chain)")
+        "(expected one of address, hostname, path_begin, path, path_type, methods, redirect, rewrite, "
+        "request_headers, response_headers, certificate, key, certificate_chain)")
 
 
 def test_message_host_name_instead_of_address():
@@ -525,7 +526,7 @@ def test_route_owned_by_two_applications():
     fields = '{ address = "127.0.0.1:8080", hostname = "A.com", path_begin = "/x" }'
     error = fails(app(fields, name="one") + app(fields.replace("A.com", "a.com"), name="two"))
     assert error.key == "applications.two.frontends[0].hostname"
-    assert "the same address, hostname and path_begin as applications.one.frontends[0]" in str(error)
+    assert "the same address, hostname and path rule as applications.one.frontends[0]" in str(error)
 
 
 def test_route_twice_in_one_application():
@@ -922,3 +923,53 @@ def test_send_proxy_version_goes_with_send_proxy():
         parse(base + "send_proxy_version = 1\n", "/x/sozu.toml")
     with pytest.raises(ConfigError, match=r"applications\.t\.send_proxy_version"):
         parse(base + "send_proxy = true\nsend_proxy_version = 3\n", "/x/sozu.toml")
+
+
+# --- routing rules of frontends (docs/routing.md) -------------------------------------------
+
+def test_frontend_rules_become_order_fields():
+    text = app('{ address = "127.0.0.1:8080", hostname = "a.com", path = "^/u/([0-9]+)", path_type = "regex",'
+               ' methods = ["get"], rewrite = { path_regex = "^/u/([0-9]+)", path_replacement = "/user/\\\\1" },'
+               ' response_headers = [ { action = "set", name = "X-Frame-Options", value = "DENY" } ] },'
+               '{ address = "127.0.0.1:8080", hostname = "a.com", path = "/old", redirect = { host = "b.com" } }')
+    fronts = [o.data for o in cfg(text).to_orders() if o.type == "ADD_HTTP_FRONT"]
+    assert fronts[0] == {
+        "app_id": "MyApp", "address": "127.0.0.1:8080", "hostname": "a.com", "path_begin": "",
+        "path": {"kind": "REGEX", "value": "^/u/([0-9]+)"}, "methods": ["GET"],
+        "rewrite": {"host": None, "strip_prefix": None, "path_regex": "^/u/([0-9]+)",
+                    "path_replacement": "/user/\\1"},
+        "response_headers": [{"action": "SET", "name": "X-Frame-Options", "value": "DENY"}]}
+    assert fronts[1]["path_begin"] == "/old" and "path" not in fronts[1]
+    assert fronts[1]["redirect"] == {"status": 302, "scheme": None, "host": "b.com", "port": None,
+                                     "path": None, "query": None}
+
+
+@pytest.mark.parametrize("fields, key, problem", [
+    ('path = "((", path_type = "REGEX"', "path", "bad regular expression"),
+    ('path_type = "EQUALS"', "path_type", "needs path"),
+    ('path = "/a", path_type = "SUFFIX"', "path_type", 'expected one of "PREFIX", "EQUALS", "REGEX"'),
+    ('methods = []', "methods", "non-empty list of methods"),
+    ('redirect = { status = 303, host = "b.com" }', "redirect.status", "one of 301, 302, 307, 308"),
+    ('redirect = { status = 301 }', "redirect", "the URL it asked for"),
+    ('redirect = { host = "b.com", colour = "red" }', "redirect.colour", "unknown field"),
+    ('rewrite = { path_regex = "a(b)", path_replacement = "\\\\2" }', "rewrite.path_replacement",
+     "invalid group reference"),
+    ('request_headers = [ { action = "set", name = "Content-Length", value = "1" } ]',
+     "request_headers[0].name", "cannot be edited"),
+    ('response_headers = [ { action = "add", name = "X-A", value = "a\\nb" } ]',
+     "response_headers[0].value", "printable ASCII"),
+])
+def test_bad_frontend_rules_name_their_key(fields, key, problem):
+    error = fails(app(f'{{ address = "127.0.0.1:8080", hostname = "a.com", {fields} }}'))
+    assert error.key == f"applications.MyApp.frontends[0].{key}"
+    assert problem in str(error)
+
+
+def test_two_fronts_differing_by_rule_kind_are_distinct_routes():
+    text = app('{ address = "127.0.0.1:8080", hostname = "a.com", path = "/a" },'
+               '{ address = "127.0.0.1:8080", hostname = "a.com", path = "/a", path_type = "EQUALS" },'
+               '{ address = "127.0.0.1:8080", hostname = "a.com", path = "/a", methods = ["POST"] }')
+    assert len([o for o in cfg(text).to_orders() if o.type == "ADD_HTTP_FRONT"]) == 3
+    text = app('{ address = "127.0.0.1:8080", hostname = "a.com", path = "/a" },'
+               '{ address = "127.0.0.1:8080", hostname = "a.com", path_begin = "/a" }')
+    assert fails(text).key == "applications.MyApp.frontends[1].hostname"

@@ -7,6 +7,12 @@ import pytest
 from sozu.messages import Order
 from sozu.state import ConfigState, Listener, StateError, fingerprint
 
+
+def routes(fronts) -> dict:
+    """{(address, hostname, path_begin): app_id} of a state's http_fronts or https_fronts."""
+    return {(f["address"], f["hostname"], f["path_begin"]): f["app_id"]
+            for group in fronts.values() for f in group.values()}
+
 # Self-signed test certificates (openssl req -x509 -newkey ec -pkeyopt
 # ec_paramgen_curve:prime256v1 -nodes -days 3650 -subj /CN=testN.example.com).
 CERT1 = """-----BEGIN CERTIFICATE-----
@@ -163,7 +169,7 @@ def test_remove_listener_removes_its_fronts_and_certificates():
     state = full()
     state.dispatch(o("REMOVE_LISTENER", front=HTTPS, proxy="HTTPS"))
     assert HTTPS not in state.listeners and state.certificates == {}
-    assert state.https_fronts == {} and len(state.http_fronts) == 2
+    assert state.https_fronts == {} and len(routes(state.http_fronts)) == 2
     state.dispatch(o("REMOVE_LISTENER", front=HTTP, proxy="HTTP"))
     state.dispatch(o("REMOVE_LISTENER", front=TCP, proxy="TCP"))
     assert state.http_fronts == {} and state.tcp_fronts == {} and state.listeners == {}
@@ -179,7 +185,7 @@ def test_add_application_again_replaces_settings_only():
     state.dispatch(new)
     assert state.applications["MyApp"] == new.data
     assert state.applications["MyApp"]["load_balancing_policy"] == "Random"
-    assert len(state.backends["MyApp"]) == 2 and len(state.http_fronts) == 2
+    assert len(state.backends["MyApp"]) == 2 and len(routes(state.http_fronts)) == 2
 
 
 def test_remove_application_removes_its_fronts_and_backends():
@@ -197,9 +203,9 @@ def test_http_front_rules():
     state = base()
     front = dict(app_id="MyApp", address=HTTP, hostname="Example.COM", path_begin="/a")
     state.dispatch(o("ADD_HTTP_FRONT", **front))
-    assert state.http_fronts == {(HTTP, "example.com", "/a"): "MyApp"}
+    assert routes(state.http_fronts) == {(HTTP, "example.com", "/a"): "MyApp"}
     state.dispatch(o("ADD_HTTP_FRONT", **front))  # same app: no-op
-    assert len(state.http_fronts) == 1
+    assert len(routes(state.http_fronts)) == 1
     assert refused(state, o("ADD_HTTP_FRONT", **{**front, "app_id": "TcpApp"})) == \
         f"http front example.com/a on {HTTP} already routes to application MyApp"
     assert refused(state, o("ADD_HTTP_FRONT", **{**front, "app_id": "Nope"})) == \
@@ -223,14 +229,14 @@ def test_fronts_differing_only_by_path_are_distinct():
     for path in ("", "/", "/api"):
         state.dispatch(o("ADD_HTTP_FRONT", app_id="MyApp", address=HTTP, hostname="a.com",
                          path_begin=path))
-    assert len(state.http_fronts) == 3
+    assert len(routes(state.http_fronts)) == 3
 
 
 def test_https_front_rules():
     state = base()
     front = dict(app_id="MyApp", address=HTTPS, hostname="*.example.com")
     state.dispatch(o("ADD_HTTPS_FRONT", **front))
-    assert state.https_fronts == {(HTTPS, "*.example.com", ""): "MyApp"}
+    assert routes(state.https_fronts) == {(HTTPS, "*.example.com", ""): "MyApp"}
     assert refused(state, o("ADD_HTTPS_FRONT", **{**front, "address": HTTP})) == \
         f"the listener at {HTTP} is http, not https"
     assert refused(state, o("ADD_HTTPS_FRONT", **{**front, "app_id": "TcpApp"})) == \
@@ -603,3 +609,52 @@ def test_certificate_order_survives_replacement_and_rebuilding(tmp_path):
     assert list(state.certificates["127.0.0.1:8443"]) == [third.fingerprint, second]
     assert list(ConfigState.from_orders(state.to_orders()).certificates["127.0.0.1:8443"]) == [
         third.fingerprint, second]
+
+
+# --- fronts with rules (docs/routing.md) ------------------------------------------------------
+
+def regex_front(pattern: str, app_id: str = "MyApp", **fields) -> Order:
+    return o("ADD_HTTP_FRONT", app_id=app_id, address=HTTP, hostname="a.com",
+             path={"kind": "REGEX", "value": pattern}, **fields)
+
+
+def regex_order(state) -> list[str]:
+    return [rule[1] for rule in state.http_fronts[(HTTP, "a.com")] if rule[0] == "REGEX"]
+
+
+def test_fronts_are_identified_by_path_kind_value_and_methods():
+    state = base()
+    for fields in ({"path_begin": "/a"}, {"path": {"kind": "EQUALS", "value": "/a"}},
+                   {"path": {"kind": "REGEX", "value": "/a"}}, {"path_begin": "/a", "methods": ["GET"]}):
+        state.dispatch(o("ADD_HTTP_FRONT", app_id="MyApp", address=HTTP, hostname="a.com", **fields))
+    assert len(state.http_fronts[(HTTP, "a.com")]) == 4
+    assert refused(state, o("REMOVE_HTTP_FRONT", app_id="MyApp", address=HTTP, hostname="a.com",
+                            path_begin="/a", methods=["POST"])) == f"no http front a.com/a [POST] on {HTTP}"
+    assert refused(state, regex_front("/a", app_id="TcpApp")) == \
+        f"http front a.com ~/a on {HTTP} already routes to application MyApp"
+
+
+def test_new_settings_for_a_front_keep_its_place_among_the_regex_rules():
+    state = base()
+    for pattern in ("^/1", "^/2", "^/3"):
+        state.dispatch(regex_front(pattern))
+    before = state.http_fronts[(HTTP, "a.com")]
+    state.dispatch(regex_front("^/2", request_headers=[{"action": "SET", "name": "X-A", "value": "1"}]))
+    assert regex_order(state) == ["^/1", "^/2", "^/3"]
+    assert state.http_fronts[(HTTP, "a.com")] is not before  # replaced, never mutated
+    assert before[("REGEX", "^/2", ())].get("request_headers") is None
+
+
+def test_to_orders_and_diff_keep_the_order_of_regex_rules():
+    one, two = base(), base()
+    for pattern in ("^/1", "^/2", "^/3"):
+        one.dispatch(regex_front(pattern))
+    for pattern in ("^/3", "^/1", "^/2"):
+        two.dispatch(regex_front(pattern))
+    assert one != two  # the same fronts, in another order: another routing
+    assert regex_order(ConfigState.from_orders(two.to_orders())) == ["^/3", "^/1", "^/2"]
+    changed = one.copy()
+    for order in one.diff(two):
+        changed.dispatch(order)
+    assert regex_order(changed) == ["^/3", "^/1", "^/2"] and changed == two
+    assert [o.type for o in two.diff(one)].count("REMOVE_HTTP_FRONT") == 1  # ^/3 goes to the end

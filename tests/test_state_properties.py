@@ -98,21 +98,37 @@ def application_order(draw, state):
     return "REMOVE_APPLICATION", prefer(draw, state.applications, APP_IDS)
 
 
+# Path rules and settings of http(s) fronts: regex rules keep the order they were added in,
+# which to_orders and diff must carry over.
+PATH_RULES = [{}, {"path": {"kind": "EQUALS", "value": "/api"}},
+              {"path": {"kind": "REGEX", "value": "^/a"}},
+              {"path": {"kind": "REGEX", "value": "[0-9]$"}},
+              {"path": {"kind": "REGEX", "value": "x"}}]
+FRONT_FIELDS = {"methods": [["GET"], ["GET", "POST"]],
+                "redirect": [{"status": 301, "scheme": "https"}],
+                "rewrite": [{"strip_prefix": "/api"}],
+                "request_headers": [[{"action": "SET", "name": "X-A", "value": "1"}]]}
+
+
 def front_order(draw, state):
     protocol = pick(draw, ["HTTP", "HTTPS", "TCP"])
-    fronts = {"HTTP": state.http_fronts, "HTTPS": state.https_fronts,
-              "TCP": state.tcp_fronts}[protocol]
+    if protocol == "TCP":
+        fronts = [{"app_id": app_id, "address": address}
+                  for address, app_id in sorted(state.tcp_fronts.items())]
+    else:
+        fronts = [front for _, group in sorted((state.https_fronts if protocol == "HTTPS" else
+                                                state.http_fronts).items())
+                  for front in group.values()]
     if fronts and not draw(_INDEX[2]):
-        key, app_id = pick(draw, sorted(fronts.items()))
-        if protocol == "TCP":
-            return "REMOVE_TCP_FRONT", {"app_id": app_id, "address": key}
-        return f"REMOVE_{protocol}_FRONT", {"app_id": app_id, "address": key[0],
-                                            "hostname": key[1], "path_begin": key[2]}
+        return f"REMOVE_{protocol}_FRONT", pick(draw, fronts)
     addresses = [a for a, l in state.listeners.items() if l.protocol == protocol.lower()]
     data = {"app_id": prefer(draw, state.applications, APP_IDS),
             "address": prefer(draw, addresses, LISTENER_ADDRESSES)}
     if protocol != "TCP":
-        data.update(hostname=pick(draw, HOSTNAMES), path_begin=pick(draw, PATHS))
+        rule = pick(draw, PATH_RULES)
+        data.update(hostname=pick(draw, HOSTNAMES), **rule, **some(draw, FRONT_FIELDS))
+        if not rule:
+            data["path_begin"] = pick(draw, PATHS)
     return f"ADD_{protocol}_FRONT", data
 
 
@@ -174,9 +190,11 @@ def protocol_at(state: ConfigState, address: str) -> str | None:
 
 def check_invariants(state: ConfigState) -> None:
     for fronts, protocol in ((state.http_fronts, "http"), (state.https_fronts, "https")):
-        for (address, _, _), app_id in fronts.items():
-            assert protocol_at(state, address) == protocol
-            assert app_id in state.applications
+        for (address, hostname), group in fronts.items():
+            assert group and protocol_at(state, address) == protocol
+            for front in group.values():
+                assert (front["address"], front["hostname"]) == (address, hostname)
+                assert front["app_id"] in state.applications
     for address, app_id in state.tcp_fronts.items():
         assert protocol_at(state, address) == "tcp" and app_id in state.applications
     for app_id, backends in state.backends.items():

@@ -16,7 +16,14 @@ Usage:
             [--sticky-id=S] [--backup]
   sozuctl [options] backend remove --id=APP --backend-id=B --address=IP:PORT
   sozuctl [options] frontend (http | https) (add | remove) --id=APP
-            (--address=IP:PORT) (--hostname=HOST) [--path=PREFIX]
+            (--address=IP:PORT) (--hostname=HOST)
+            [--path=PREFIX | --path-equals=PATH | --path-regex=REGEX] [--method=METHOD...]
+            [--redirect=STATUS] [--redirect-scheme=SCHEME] [--redirect-host=HOST]
+            [--redirect-port=PORT] [--redirect-path=PATH] [--redirect-query=QUERY]
+            [--rewrite-host=HOST] [--strip-prefix=PREFIX]
+            [--rewrite-path-regex=REGEX --rewrite-path-replacement=REPLACEMENT]
+            [--request-header=EDIT...] [--response-header=EDIT...]
+  sozuctl [options] frontend list [--id=APP]
   sozuctl [options] frontend tcp (add | remove) --id=APP --address=IP:PORT
   sozuctl [options] certificate add --address=IP:PORT --certificate=FILE --key=FILE
             [--certificate-chain=FILE]
@@ -60,6 +67,16 @@ Options:
                             roundrobin, random, leastconnections or poweroftwo.
   --weight=N                Backend weight, 0..1000 (default 100).
   --path=PREFIX             Path prefix of an HTTP(S) route (default: every path).
+  --path-equals=PATH        The route serves this path only (query excluded).
+  --path-regex=REGEX        The route serves the paths this Python regex finds a match in.
+  --method=METHOD           Serve only these methods (repeat the option for several).
+  --redirect=STATUS         Answer 301, 302, 307 or 308 with a Location made of the request's
+                            URL and the --redirect-* parts that replace its own.
+  --rewrite-host=HOST       Host header sent to the backend (optionally HOST:PORT).
+  --strip-prefix=PREFIX     Remove this prefix from the path sent to the backend.
+  --request-header=EDIT     Header edit toward the backend: "set:NAME:VALUE",
+                            "add:NAME:VALUE" or "remove:NAME" (repeat for several).
+  --response-header=EDIT    The same, toward the client.
   --domain=HOST             Host name, optionally followed by a path ("example.com/api").
   --certificate-chain=FILE  PEM file with one or more intermediate certificates.
   --fingerprint=HEX         SHA-256 of the certificate (DER), lower-case hex.
@@ -294,10 +311,52 @@ def _backend(a: dict) -> Command:
 
 def _frontend(a: dict) -> Command:
     kind = _protocol(a)
-    data = {"app_id": a["--id"], "address": a["--address"]}
+    data: dict[str, Any] = {"app_id": a["--id"], "address": a["--address"]}
     if kind != "TCP":
         data.update(hostname=a["--hostname"], path_begin=a["--path"] or "")
+        data.update(_frontend_rules(a))
     return _proxy(f"{'ADD' if a['add'] else 'REMOVE'}_{kind}_FRONT", data)
+
+
+def _frontend_rules(a: dict) -> dict:
+    """The routing rules of `frontend add` in ADD_HTTP_FRONT's fields (docs/routing.md);
+    Order.from_json checks them as it checks every order."""
+    rules: dict[str, Any] = {}
+    for flag, kind in (("--path-equals", "EQUALS"), ("--path-regex", "REGEX")):
+        if a[flag] is not None:
+            rules["path"] = {"kind": kind, "value": a[flag]}
+    if a["--method"]:
+        rules["methods"] = list(a["--method"])
+    redirect = {part: a[f"--redirect-{part}"] for part in ("scheme", "host", "path", "query")
+                if a[f"--redirect-{part}"] is not None}
+    if a["--redirect-port"] is not None:
+        redirect["port"] = _int(a, "--redirect-port", minimum=1)
+    if a["--redirect"] is not None or redirect:
+        rules["redirect"] = {"status": _int(a, "--redirect", minimum=300) or 302, **redirect}
+    rewrite = {"host": a["--rewrite-host"], "strip_prefix": a["--strip-prefix"],
+               "path_regex": a["--rewrite-path-regex"],
+               "path_replacement": a["--rewrite-path-replacement"]}
+    if any(value is not None for value in rewrite.values()):
+        rules["rewrite"] = rewrite
+    for flag, field in (("--request-header", "request_headers"),
+                        ("--response-header", "response_headers")):
+        if a[flag]:
+            rules[field] = [_header_edit(flag, edit) for edit in a[flag]]
+    return rules
+
+
+def _header_edit(flag: str, text: str) -> dict:
+    action, _, rest = text.partition(":")
+    name, colon, value = rest.partition(":")
+    if not name or (action.lower() != "remove") != bool(colon):
+        raise CliError(f'{flag}: expected "set:NAME:VALUE", "add:NAME:VALUE" or "remove:NAME", '
+                       f"got {text!r}")
+    return {"action": action, "name": name, "value": value.strip()}
+
+
+def _frontend_list(a: dict) -> Command:
+    query = {"type": "APP_ID", "data": a["--id"]} if a["--id"] is not None else None
+    return _proxy("QUERY", {"type": "APPLICATIONS", "data": query}, renderer=render.frontends)
 
 
 def _certificate_add(a: dict) -> Command:
@@ -377,6 +436,7 @@ BUILDERS: list[tuple[tuple[str, ...], Callable[[dict], Command]]] = [
     (("application", "add"), _application_add),
     (("application", "remove"), _application_remove),
     (("backend",), _backend),
+    (("frontend", "list"), _frontend_list),
     (("frontend",), _frontend),
     (("certificate", "add"), _certificate_add),
     (("certificate", "remove"), _certificate_remove),

@@ -7,7 +7,7 @@ an older sozuctl fail to print.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sozu.metrics import percentiles
@@ -111,10 +111,11 @@ def _with_percentiles(counters: dict) -> dict:
 
 # --- query applications ----------------------------------------------------------------------
 
-def applications(data: Any) -> str:
+def applications(data: Any, table_of: Callable[[Any], str] | None = None) -> str:
     """One table per source (master, each worker), or one table when they all agree.
     The master may send its applications' hashes instead of their views: those are shown
-    apart, as a table of hashes."""
+    apart, as a table of hashes. `table_of` renders one source's applications."""
+    table_of = table_of or application_table
     data = _as_dict(data)
     sources, hashes = [], None
     master = data.get("master")
@@ -132,9 +133,9 @@ def applications(data: Any) -> str:
     elif len(sources) > 1 and all(_canonical(apps) == _canonical(sources[0][1])
                                   for _, apps in sources):
         names = ", ".join(name for name, _ in sources)
-        out.append(f"{application_table(sources[0][1])}\n({names} agree)")
+        out.append(f"{table_of(sources[0][1])}\n({names} agree)")
     else:
-        out.extend(f"{name}:\n{application_table(apps)}" for name, apps in sources)
+        out.extend(f"{name}:\n{table_of(apps)}" for name, apps in sources)
     if hashes is not None:
         out.append(f"master (application hashes):\n{hashes}")
     return "\n\n".join(out)
@@ -159,15 +160,62 @@ def _application_rows(app: dict) -> list[list]:
     for kind in ("http", "https", "tcp"):
         for front in _as_list(app.get(f"{kind}_frontends")):
             front = _as_dict(front)
-            route = "" if kind == "tcp" else \
-                f"{front.get('hostname', MISSING)}{front.get('path_begin') or ''}"
+            route = "" if kind == "tcp" else front_route(front)
             rows.append([front.get("app_id", app_id), f"{kind} frontend",
-                         front.get("address"), route, ""])
+                         front.get("address"), route, front_actions(front)])
     for backend in _as_list(app.get("backends")):
         backend = _as_dict(backend)
         rows.append([backend.get("app_id", app_id), "backend", backend.get("address"),
                      backend.get("backend_id"), _backend_settings(backend)])
     return rows
+
+
+def frontends(data: Any) -> str:
+    """`frontend list`: the http(s) frontends of QUERY APPLICATIONS answers, with their rules."""
+    return applications(data, frontend_table)
+
+
+def frontend_table(apps: Any) -> str:
+    rows = []
+    for app in map(_as_dict, _as_list(apps)):
+        for kind in ("http", "https", "tcp"):
+            for front in map(_as_dict, _as_list(app.get(f"{kind}_frontends"))):
+                rows.append([front.get("app_id", MISSING), kind, front.get("address"),
+                             "" if kind == "tcp" else front_route(front),
+                             ",".join(map(str, _as_list(front.get("methods")))) or "*",
+                             front_actions(front)])
+    if not rows:
+        return "no frontend"
+    return table(["APPLICATION", "PROTOCOL", "ADDRESS", "ROUTE", "METHODS", "ACTIONS"], rows)
+
+
+def front_route(front: dict) -> str:
+    """`example.com/api` (prefix), `example.com =/login` (equals), `example.com ~^/u/` (regex)."""
+    path = _as_dict(front.get("path"))
+    mark = {"EQUALS": " =", "REGEX": " ~"}.get(path.get("kind"), "")
+    return f"{front.get('hostname', MISSING)}{mark}{path.get('value', front.get('path_begin') or '')}"
+
+
+def front_actions(front: dict) -> str:
+    """What a front does besides forwarding: `redirect=301 https://b.com`, `rewrite host=...`."""
+    parts = []
+    redirect = _as_dict(front.get("redirect"))
+    if redirect:
+        target = "".join(str(part) for part in (
+            f"{redirect['scheme']}://" if redirect.get("scheme") else "", redirect.get("host") or "",
+            f":{redirect['port']}" if redirect.get("port") else "", redirect.get("path") or "",
+            f"?{redirect['query']}" if redirect.get("query") else ""))
+        parts.append(f"redirect={redirect.get('status', MISSING)}" + (f" {target}" if target else ""))
+    rewrite = _as_dict(front.get("rewrite"))
+    for key in ("host", "strip_prefix", "path_regex", "path_replacement"):
+        if rewrite.get(key) is not None:
+            parts.append(f"rewrite.{key}={rewrite[key]}")
+    for direction in ("request", "response"):
+        for edit in map(_as_dict, _as_list(front.get(f"{direction}_headers"))):
+            value = f"={edit['value']}" if edit.get("value") else ""
+            parts.append(f"{direction}:{str(edit.get('action', MISSING)).lower()} "
+                         f"{edit.get('name', MISSING)}{value}")
+    return " ".join(parts)
 
 
 def _settings(config: dict) -> str:

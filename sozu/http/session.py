@@ -293,10 +293,10 @@ class HttpSession:
     def proxy(self, head) -> None:
         ctx, listener, exchange = self.ctx, self.listener, self.exchange
         self.keep_alive = head.keep_alive
-        app_id = ctx.router.route_http(listener.address, head.host, head.path, listener.https)
-        if app_id is None:
+        route = ctx.router.route_http(listener.address, head.host, head.path, listener.https, head.method)
+        if route is None:
             raise Answer(404, body=listener.answer_404)
-        exchange.app_id = app_id
+        exchange.app_id = app_id = route.app_id
         application = ctx.applications.get(app_id)
         if application is None:  # removed between routing tables: same as no route
             raise Answer(404, body=listener.answer_404)

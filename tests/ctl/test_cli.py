@@ -254,6 +254,27 @@ REQUESTS = [
       "--hostname=example.com", "--path=/"],
      proxy("ADD_HTTPS_FRONT", {"app_id": "MyApp", "address": "127.0.0.1:8443",
                                "hostname": "example.com", "path_begin": "/"})),
+    (["frontend", "http", "add", "--id=A", "--address=127.0.0.1:8080", "--hostname=a.com",
+      "--path-regex=^/u/([0-9]+)", "--method=GET", "--method=head", "--rewrite-host=b.internal",
+      "--rewrite-path-regex=^/u/([0-9]+)", "--rewrite-path-replacement=/user/\\1",
+      "--request-header=set:X-Env:prod", "--response-header=remove:Server"],
+     proxy("ADD_HTTP_FRONT", {"app_id": "A", "address": "127.0.0.1:8080", "hostname": "a.com",
+                              "path_begin": "", "path": {"kind": "REGEX", "value": "^/u/([0-9]+)"},
+                              "methods": ["GET", "HEAD"],
+                              "rewrite": {"host": "b.internal", "strip_prefix": None,
+                                          "path_regex": "^/u/([0-9]+)", "path_replacement": "/user/\\1"},
+                              "request_headers": [{"action": "SET", "name": "X-Env", "value": "prod"}],
+                              "response_headers": [{"action": "REMOVE", "name": "Server", "value": ""}]})),
+    (["frontend", "http", "add", "--id=A", "--address=127.0.0.1:8080", "--hostname=a.com",
+      "--path-equals=/old", "--redirect=308", "--redirect-scheme=https", "--redirect-port=8443",
+      "--redirect-path=/new"],
+     proxy("ADD_HTTP_FRONT", {"app_id": "A", "address": "127.0.0.1:8080", "hostname": "a.com",
+                              "path_begin": "", "path": {"kind": "EQUALS", "value": "/old"},
+                              "redirect": {"status": 308, "scheme": "https", "host": None,
+                                           "port": 8443, "path": "/new", "query": None}})),
+    (["frontend", "list"], proxy("QUERY", {"type": "APPLICATIONS", "data": None})),
+    (["frontend", "list", "--id=A"],
+     proxy("QUERY", {"type": "APPLICATIONS", "data": {"type": "APP_ID", "data": "A"}})),
     (["frontend", "tcp", "add", "--id=Db", "--address=127.0.0.1:5432"],
      proxy("ADD_TCP_FRONT", {"app_id": "Db", "address": "127.0.0.1:5432"})),
     (["frontend", "tcp", "remove", "--id=Db", "--address=127.0.0.1:5432"],
@@ -413,6 +434,14 @@ def test_certificate_file_errors_exit_1_without_contacting_the_proxy(
      "address"),
     (["listener", "https", "add", "--address=127.0.0.1:8443", "--tls-versions=SSLv3"],
      "SSLv3"),
+    (["frontend", "http", "add", "--id=A", "--address=127.0.0.1:8080", "--hostname=a.b",
+      "--path-regex=(("], "data.path.value: bad regular expression"),
+    (["frontend", "http", "add", "--id=A", "--address=127.0.0.1:8080", "--hostname=a.b",
+      "--request-header=set:Transfer-Encoding:chunked"], "data.request_headers[0].name"),
+    (["frontend", "http", "add", "--id=A", "--address=127.0.0.1:8080", "--hostname=a.b",
+      "--request-header=set:X-A"], "--request-header: expected"),
+    (["frontend", "http", "add", "--id=A", "--address=127.0.0.1:8080", "--hostname=a.b",
+      "--redirect=303", "--redirect-host=b.c"], "data.redirect.status"),
 ])
 def test_invalid_orders_never_reach_the_proxy(peer, config, capsys, argv, message):
     status, out, err = run(config, *argv, capsys=capsys)
@@ -842,3 +871,21 @@ def test_against_the_real_master(workdir):
 def test_upgrade_waits_longer_than_other_commands_by_default():
     from sozu.ctl import cli
     assert cli.UPGRADE_TIMEOUT_MS >= 2 * 30_000 > cli.DEFAULT_TIMEOUT_MS
+
+
+def test_frontend_list_shows_rules_and_actions():
+    front = {"app_id": "A", "address": "127.0.0.1:8080", "hostname": "a.com", "path_begin": "",
+             "path": {"kind": "REGEX", "value": "^/u/"}, "methods": ["GET", "HEAD"],
+             "redirect": {"status": 301, "scheme": "https", "host": "b.com", "port": None,
+                          "path": None, "query": None},
+             "response_headers": [{"action": "SET", "name": "X-Frame-Options", "value": "DENY"}]}
+    plain = {"app_id": "A", "address": "127.0.0.1:8080", "hostname": "a.com", "path_begin": "/api"}
+    view = {"configuration": {"app_id": "A"}, "http_frontends": [front, plain], "https_frontends": [],
+            "tcp_frontends": [], "backends": []}
+    out = render.frontends({"master": [view], "workers": {"0": [view]}})
+    lines = out.splitlines()
+    assert lines[0].split() == ["APPLICATION", "PROTOCOL", "ADDRESS", "ROUTE", "METHODS", "ACTIONS"]
+    assert lines[1].split() == ["A", "http", "127.0.0.1:8080", "a.com", "~^/u/", "GET,HEAD",
+                                "redirect=301", "https://b.com", "response:set", "X-Frame-Options=DENY"]
+    assert lines[2].split() == ["A", "http", "127.0.0.1:8080", "a.com/api", "*"]
+    assert "(master, worker 0 agree)" in out

@@ -558,7 +558,7 @@ def rss_kib(pid: int) -> int:
 def http_apps_config(socket_path_dir: Path, listen_port: int, apps: dict, *, worker_count: int = 1,
                      listener_extra: str = "", extra: str = "", timeouts: str = "") -> str:
     """One http listener and several applications.
-    apps: {app_id: {"fronts": [(hostname, path_begin), ...],
+    apps: {app_id: {"fronts": [(hostname, path_begin) or {frontend table fields}, ...],
                     "backends": ["127.0.0.1:P" or {"address": ..., "weight": ..., ...}, ...],
                     "extra": "toml lines of the application table"}}
     timeouts: toml lines replacing the default timeouts (front/back/connect/request)."""
@@ -569,6 +569,8 @@ def http_apps_config(socket_path_dir: Path, listen_port: int, apps: dict, *, wor
             return str(value)
         if isinstance(value, dict):
             return "{ " + ", ".join(f"{k} = {toml(v)}" for k, v in value.items()) + " }"
+        if isinstance(value, list):
+            return "[ " + ", ".join(map(toml, value)) + " ]"
         return json.dumps(value)
 
     timeouts = timeouts or "front_timeout = 10\nback_timeout = 5\nconnect_timeout = 2\nrequest_timeout = 3"
@@ -588,8 +590,10 @@ address = "127.0.0.1:{listen_port}"
 {listener_extra}
 """
     for app_id, app in apps.items():
-        fronts = ", ".join(toml({"address": f"127.0.0.1:{listen_port}", "hostname": host, "path_begin": path})
-                           for host, path in app["fronts"])
+        fronts = ", ".join(toml({"address": f"127.0.0.1:{listen_port}",
+                                 **(front if isinstance(front, dict) else
+                                    {"hostname": front[0], "path_begin": front[1]})})
+                           for front in app["fronts"])
         backends = ", ".join(toml(b if isinstance(b, dict) else str(b)) for b in app["backends"])
         text += f"""
 [applications.{app_id}]
