@@ -344,6 +344,10 @@ HEADER_ACTIONS = ("ADD", "SET", "REMOVE")
 # edit could make the message ambiguous to the next hop. Host is rewritten by `rewrite.host`.
 UNEDITABLE_HEADERS = frozenset(("content-length", "transfer-encoding", "connection", "host",
                                 "keep-alive", "te", "trailer", "upgrade", "proxy-connection"))
+# Headers sozu sets itself on the way (DESIGN.md §6): an edit would be overwritten or dropped.
+OWN_REQUEST_HEADERS = frozenset(("x-forwarded-for", "x-forwarded-proto", "x-forwarded-port",
+                                 "forwarded", "sozu-id", "expect"))
+OWN_RESPONSE_HEADERS = frozenset(("sozu-id",))
 _PATH_VALUE = re.compile(r"/[!-~]*\Z")        # printable ASCII from "/", no space
 _QUERY_VALUE = re.compile(r"[!-\"$-~]*\Z")    # printable ASCII, no space, no "#"
 _HEADER_VALUE = re.compile(r"(?:[!-~](?:[\t !-~]*[!-~])?)?\Z")  # no CTL; no edge whitespace
@@ -412,6 +416,14 @@ def _query_value(v: Any) -> str:
     return v
 
 
+def _replacement(v: Any) -> str:
+    """A regex replacement: the groups' bytes and printable ASCII (no space), so that the path it
+    makes is a valid request target."""
+    if type(v) is not str or not re.fullmatch(r"[!-~]*", v):
+        raise _bad("a replacement of printable ASCII without spaces (groups as \\1 or \\g<name>)", v)
+    return v
+
+
 _REDIRECT_FIELDS = _object({
     "status": (_int_choice(REDIRECT_STATUSES), 302),
     "scheme": (_optional(_enum(_SCHEMES)), None),
@@ -424,7 +436,7 @@ _REWRITE = _object({
     "host": (_optional(_host_port), None),
     "strip_prefix": (_optional(_path_value), None),
     "path_regex": (_optional(_regex), None),
-    "path_replacement": (_optional(_str), None),
+    "path_replacement": (_optional(_replacement), None),
 })
 
 
@@ -448,35 +460,33 @@ def _rewrite(v: Any) -> dict:
     return rewrite
 
 
-def _header_name(v: Any) -> str:
-    if type(v) is not str or not _TOKEN.match(v):
-        raise _bad('a header name like "X-Frame-Options"', v)
-    lower = v.lower()
-    if lower in UNEDITABLE_HEADERS or lower.startswith("proxy-"):
-        hint = "; use rewrite.host" if lower == "host" else ""
-        raise _Invalid("", f"{v} frames the message or is hop-by-hop: it cannot be edited{hint}")
-    return v
+def _header_edits(own: frozenset[str]) -> Checker:
+    def header_name(v: Any) -> str:
+        if type(v) is not str or not _TOKEN.match(v):
+            raise _bad('a header name like "X-Frame-Options"', v)
+        lower = v.lower()
+        if lower in UNEDITABLE_HEADERS or lower.startswith("proxy-"):
+            hint = "; use rewrite.host" if lower == "host" else ""
+            raise _Invalid("", f"{v} frames the message or is hop-by-hop: it cannot be edited{hint}")
+        if lower in own:
+            raise _Invalid("", f"{v} is set by sozu itself: it cannot be edited")
+        return v
+
+    fields = _object({"action": (_enum(HEADER_ACTIONS), _req), "name": (header_name, _req),
+                      "value": (_str, "")})
+
+    def header_edit(v: Any) -> dict:
+        edit = fields(v)
+        if edit["action"] == "REMOVE":
+            if edit["value"]:
+                raise _Invalid("value", "a REMOVE edit has no value")
+        elif not _HEADER_VALUE.match(edit["value"]):
+            raise _Invalid("value", "expected printable ASCII without surrounding spaces, got "
+                           f"{_show(edit['value'])}")
+        return edit
+    return _list_of(header_edit)
 
 
-_HEADER_EDIT_FIELDS = _object({
-    "action": (_enum(HEADER_ACTIONS), _req),
-    "name": (_header_name, _req),
-    "value": (_str, ""),
-})
-
-
-def _header_edit(v: Any) -> dict:
-    edit = _HEADER_EDIT_FIELDS(v)
-    if edit["action"] == "REMOVE":
-        if edit["value"]:
-            raise _Invalid("value", "a REMOVE edit has no value")
-    elif not _HEADER_VALUE.match(edit["value"]):
-        raise _Invalid("value", "expected printable ASCII without surrounding spaces, got "
-                       f"{_show(edit['value'])}")
-    return edit
-
-
-_header_edits = _list_of(_header_edit)
 _FRONT_FIELDS = _object({
     "app_id": (_name, _req),
     "address": (_address, _req),
@@ -486,8 +496,8 @@ _FRONT_FIELDS = _object({
     "methods": (_methods, _ABSENT),
     "redirect": (_REDIRECT_FIELDS, _ABSENT),
     "rewrite": (_rewrite, _ABSENT),
-    "request_headers": (_header_edits, _ABSENT),
-    "response_headers": (_header_edits, _ABSENT),
+    "request_headers": (_header_edits(OWN_REQUEST_HEADERS), _ABSENT),
+    "response_headers": (_header_edits(OWN_RESPONSE_HEADERS), _ABSENT),
 })
 
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 REASONS = {
     301: "Moved Permanently",
+    302: "Found",
+    307: "Temporary Redirect",
+    308: "Permanent Redirect",
     400: "Bad Request",
     404: "Not Found",
     408: "Request Timeout",
@@ -60,9 +63,10 @@ def custom_answer(text: str) -> bytes:
     return "\r\n".join(lines).encode("utf-8") + b"\r\n\r\n" + body.encode("utf-8")
 
 
-def redirect_answer(location: bytes) -> bytes:
-    body = b"301 Moved Permanently\n" + location + b"\n"
-    return (b"HTTP/1.1 301 Moved Permanently\r\nLocation: " + location +
+def redirect_answer(location: bytes, status: int = 301) -> bytes:
+    line = b"%d %s" % (status, REASONS[status].encode("ascii"))
+    body = line + b"\n" + location + b"\n"
+    return (b"HTTP/1.1 " + line + b"\r\nLocation: " + location +
             b"\r\nContent-Type: text/plain\r\nContent-Length: " + str(len(body)).encode() +
             b"\r\nConnection: close\r\n\r\n" + body)
 

@@ -60,7 +60,7 @@ import gevent
 from gevent import socket
 
 from sozu import proxy_protocol
-from sozu.http import answers, headers
+from sozu.http import answers, headers, rules
 from sozu.http.parser import (DEFAULT_LIMITS, ChunkedFramer, ProtocolError, parse_request_head,
                               parse_response_head)
 from sozu.listeners import connect
@@ -130,7 +130,8 @@ class BackendSocket(socket.socket):
 class Exchange:
     """What the access log and metrics say about one request."""
 
-    __slots__ = ("start", "method", "host", "path", "status", "backend", "bytes_in", "bytes_out", "app_id")
+    __slots__ = ("start", "method", "host", "path", "status", "backend", "bytes_in", "bytes_out", "app_id",
+                 "rewritten")
 
     def __init__(self, method=b"-", host="-", path=b"-"):
         self.start = time.monotonic()
@@ -139,6 +140,7 @@ class Exchange:
         self.backend = "-"
         self.bytes_in = self.bytes_out = 0
         self.app_id = "-"
+        self.rewritten = None  # host and path sent to the backend, when a front rewrote them
 
     def duration_ms(self) -> float:
         return (time.monotonic() - self.start) * 1000
@@ -164,6 +166,7 @@ class HttpSession:
         self.greenlet = gevent.getcurrent()
         self.deadline = self.filed_at = math.inf
         self.body_buffer = None  # lent by the worker while a large body is copied
+        self.route = None  # the front of the request being proxied (sozu.router.Route)
 
     def recv_piece(self, sock, limit: int | None):
         """A piece of a body (at most limit bytes; None: no limit) read from sock: bytes, or a
@@ -303,6 +306,13 @@ class HttpSession:
         if application["https_redirect"] and not listener.https:
             location = b"https://" + head.host.encode() + headers.origin_form(head.target)
             raise Answer(301, body=answers.redirect_answer(location))
+        # The front's own rules (sozu.http.rules): a redirect, or the head the backend sees.
+        if route.redirect is not None:
+            raise Answer(route.redirect["status"], body=rules.redirect(route, head, listener.https))
+        self.route, original = route, head
+        head = rules.forwarded(route, head)
+        if head is not original:
+            exchange.rewritten = f"{head.host}{head.path.decode('latin-1')}"
         body = head.content_length is not None and head.content_length > 0 or head.chunked
         sticky = application["sticky_session"]
         sticky_id = headers.sticky_cookie(head, listener.sticky_name) if sticky else None
@@ -513,7 +523,8 @@ class HttpSession:
             backend_sticky = backend.sticky_key
             if backend_sticky != sticky_id:
                 set_cookie = self.listener.sticky_name + b"=" + backend_sticky.encode() + b"; Path=/"
-        head_bytes = headers.response_head(response, self.request_id, keep_alive, http10, set_cookie, upgrade)
+        head_bytes = rules.edit_response(self.route, headers.response_head(
+            response, self.request_id, keep_alive, http10, set_cookie, upgrade))
         self.response_started = True
         if upgrade:
             self.client_send(head_bytes)
@@ -619,11 +630,12 @@ class HttpSession:
             return
         self.ctx.metrics.record(exchange)
         if not access_log.disabled:
-            access_log.info("%s %s %s %d %s %s %s in=%d out=%d %.1fms",
+            access_log.info("%s %s %s %d %s %s %s in=%d out=%d %.1fms%s",
                             self.client_ip, exchange.app_id, exchange.backend, exchange.status,
                             exchange.method.decode("latin-1"), exchange.host,
                             exchange.path.decode("latin-1"), exchange.bytes_in, exchange.bytes_out,
-                            exchange.duration_ms())
+                            exchange.duration_ms(),
+                            f" rewritten={exchange.rewritten}" if exchange.rewritten else "")
 
 
 def wait_readable(sock) -> None:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.integration.harness import Backend, Sozu, free_port, http_apps_config, request, wait_for
+from tests.integration.harness import Backend, Sozu, echo, free_port, http_apps_config, request, wait_for
 
 HOST = "rules.test"
 APPS = {
@@ -76,3 +76,93 @@ def test_rules_added_at_runtime_listed_and_refused_with_the_field(ruled):
     assert ruled.ctl("frontend", "http", "remove", "--id=equals", f"--address={address}",
                      f"--hostname={HOST}", "--path-regex=^/late$", "--method=GET").returncode == 0
     wait_for(lambda: served_by(ruled, "GET", "/late") == 404, what="the regex front removed")
+
+
+# --- redirects, rewrites and header edits -----------------------------------------------------
+
+ACTIONS = {
+    "moved": [{"hostname": "old.test", "redirect": {"status": 301, "host": "new.test"}},
+              {"hostname": "old.test", "path": "/keep-scheme", "path_type": "EQUALS",
+               "redirect": {"status": 308, "scheme": "https", "port": 8443, "path": "/elsewhere",
+                            "query": ""}}],
+    "rewritten": [{"hostname": "rw.test", "path": "/api", "methods": ["GET", "POST"],
+                   "rewrite": {"host": "internal.svc", "strip_prefix": "/api"},
+                   "request_headers": [{"action": "set", "name": "X-Env", "value": "prod"},
+                                       {"action": "remove", "name": "X-Debug"}],
+                   "response_headers": [{"action": "remove", "name": "Server"},
+                                        {"action": "set", "name": "X-Frame-Options", "value": "DENY"}]},
+                  {"hostname": "rw.test", "path": "^/u/([0-9]+)$", "path_type": "REGEX",
+                   "rewrite": {"path_regex": "^/u/([0-9]+)$", "path_replacement": "/user/\\1"}}],
+}
+
+
+@pytest.fixture(scope="module")
+def acting(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("actions")
+    backends = {name: Backend(name) for name in ACTIONS}
+    port = free_port()
+    apps = {name: {"fronts": fronts, "backends": [f"127.0.0.1:{backends[name].port}"]}
+            for name, fronts in ACTIONS.items()}
+    access = tmp / "access.log"
+    config = http_apps_config(tmp, port, apps, worker_count=2)
+    config = config.replace('log_access_target = "stdout"', f'log_access_target = "file://{access}"')
+    proxy = Sozu(tmp, config).start()
+    proxy.port, proxy.backends, proxy.access = port, backends, access
+    yield proxy
+    proxy.stop()
+    for b in backends.values():
+        b.stop()
+
+
+def test_redirects_are_answered_without_a_backend(acting):
+    response = request(acting.port, "GET", "/some/page?x=1", host="old.test:8080")
+    assert (response.status, response.header("Location")) == (301, "http://new.test/some/page?x=1")
+    response = request(acting.port, "POST", "/keep-scheme?x=1", host="old.test", body=b"data")
+    assert (response.status, response.header("Location")) == (308, "https://old.test:8443/elsewhere")
+    assert response.header("Connection") == "close"
+    assert acting.backends["moved"].requests == 0
+
+
+def test_rewrites_and_request_edits_reach_the_backend(acting):
+    seen = echo(request(acting.port, "GET", "/api/users?page=2", host="rw.test",
+                        headers={"X-Env": "dev", "X-Debug": "1"}))
+    assert seen["path"] == "/users?page=2"
+    assert seen["header"]("Host") == ["internal.svc"]
+    assert seen["header"]("X-Env") == ["prod"] and seen["header"]("X-Debug") == []
+    assert echo(request(acting.port, "GET", "/u/42", host="rw.test"))["path"] == "/user/42"
+    assert request(acting.port, "DELETE", "/api/x", host="rw.test").status == 404  # methods
+
+
+def test_response_edits_reach_the_client(acting):
+    response = request(acting.port, "GET", "/api/x", host="rw.test")
+    assert response.status == 200 and response.header("X-Frame-Options") == "DENY"
+    assert response.header("Server") is None  # the backend's, removed
+    assert request(acting.port, "GET", "/u/1", host="rw.test").header("Server")  # another front
+    assert response.header("X-Backend") == "rewritten" and response.header("Sozu-Id")
+
+
+def test_the_access_log_shows_the_original_and_the_rewritten_target(acting):
+    request(acting.port, "GET", "/api/logged?q=1", host="rw.test")
+
+    def logged():
+        text = acting.access.read_text() if acting.access.exists() else ""
+        return [line for line in text.splitlines() if "/api/logged" in line]
+    line = wait_for(logged, what="the access line")[0]
+    assert " GET rw.test /api/logged " in line and line.endswith(" rewritten=internal.svc/logged")
+
+
+def test_bad_rules_are_refused_at_runtime_naming_the_field(acting):
+    address = f"127.0.0.1:{acting.port}"
+    for data, field in [
+        ({"redirect": {"status": 303, "host": "x.test"}}, "data.redirect.status"),
+        ({"redirect": {"status": 301}}, "data.redirect"),
+        ({"rewrite": {"path_regex": "(", "path_replacement": "/"}}, "data.rewrite.path_regex"),
+        ({"request_headers": [{"action": "ADD", "name": "Transfer-Encoding", "value": "chunked"}]},
+         "data.request_headers[0].name"),
+        ({"response_headers": [{"action": "SET", "name": "Connection", "value": "close"}]},
+         "data.response_headers[0].name"),
+    ]:
+        answer = acting.order("ADD_HTTP_FRONT", {"app_id": "moved", "address": address,
+                                                 "hostname": "refused.test", **data})
+        assert answer["status"] == "ERROR" and f"ADD_HTTP_FRONT: {field}: " in answer["message"], answer
+    assert request(acting.port, "GET", "/", host="refused.test").status == 404
