@@ -27,6 +27,7 @@ try:
 except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
 
+from sozu.http import answers
 from sozu.messages import MessageError, Order, normalize_hostname
 from sozu.state import front_rule
 
@@ -51,6 +52,7 @@ _LOGGER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*(?:\.[A-Za-z_][A-Za-z0-9_-]*)*")
 _STATUS_LINE = re.compile(r"HTTP/1\.[01] [1-5][0-9][0-9](?: [^\r\n]*)?\r?\n")
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.S)
 _A = {"http": "an http", "https": "an https", "tcp": "a tcp"}
+_ANSWER_KEYS = tuple(f"answer_{status}" for status in answers.CUSTOM_STATUSES)
 
 
 class ConfigError(Exception):
@@ -70,6 +72,11 @@ class ListenerConfig:
     address: str                       # normalised IP:PORT
     answer_404: str | None = None      # raw HTTP answers (the files' text); http and https only
     answer_503: str | None = None
+    answer_400: str | None = None      # (answers.CUSTOM_STATUSES; docs/routing.md)
+    answer_408: str | None = None
+    answer_413: str | None = None
+    answer_502: str | None = None
+    answer_504: str | None = None
     expect_proxy: bool = False
     sticky_name: str | None = DEFAULT_STICKY_NAME   # None on tcp listeners
     tls_versions: tuple[str, ...] = ()             # https only
@@ -122,6 +129,12 @@ class ApplicationConfig:
     frontends: tuple[FrontendConfig, ...] = ()
     backends: tuple[BackendConfig, ...] = ()
     answer_503: str | None = None
+    answer_400: str | None = None
+    answer_404: str | None = None
+    answer_408: str | None = None
+    answer_413: str | None = None
+    answer_502: str | None = None
+    answer_504: str | None = None
 
 
 @dataclass(frozen=True)
@@ -175,7 +188,7 @@ class Config:
                 "proxy_protocol": "SendHeader" if app.send_proxy else None,
                 "send_proxy_version": app.send_proxy_version,
                 "load_balancing_policy": LOAD_BALANCING_POLICIES[app.load_balancing_policy],
-                "answer_503": app.answer_503}))
+                "answer_503": app.answer_503, **_answers(app, (503,))}))
         for app in self.applications:
             for backend in app.backends:
                 orders.append(Order("ADD_BACKEND", {
@@ -200,11 +213,18 @@ class Config:
         return ", ".join(f"{n} {noun}{'' if n == 1 else 's'}" for n, noun in counts)
 
 
+def _answers(settings, sozu_011: tuple[int, ...]) -> dict:
+    """The answer_NNN order fields given besides Sozu 0.11's (those are always sent)."""
+    return {f"answer_{status}": getattr(settings, f"answer_{status}") for status in answers.CUSTOM_STATUSES
+            if status not in sozu_011 and getattr(settings, f"answer_{status}") is not None}
+
+
 def _listener_data(listener: ListenerConfig) -> dict:
     data = {"front": listener.address, "public_address": None, "expect_proxy": listener.expect_proxy,
             "front_timeout": listener.front_timeout, "back_timeout": listener.back_timeout,
             "connect_timeout": listener.connect_timeout}
     if listener.protocol != "tcp":
+        data.update(_answers(listener, (404, 503)))
         data.update(answer_404=listener.answer_404, answer_503=listener.answer_503,
                     sticky_name=listener.sticky_name, request_timeout=listener.request_timeout)
     if listener.protocol == "https":
@@ -480,6 +500,7 @@ class _Table:
             raise self.error(name, f"{path} is not UTF-8 text", self.data[name], expected) from None
 
     def answer(self, name) -> str | None:
+        """The text of a custom answer file, checked as the order schema checks it."""
         expected = 'a raw HTTP response file, starting with a status line like "HTTP/1.1 503 Unavailable"'
         text = self.read(name, expected)
         if text is not None and not _STATUS_LINE.match(text):
@@ -487,6 +508,12 @@ class _Table:
         if text is not None and "\n\n" not in text.replace("\r\n", "\n"):
             raise self.error(name, f"{self.path(name)} has no empty line after its headers", self.data[name],
                              "a raw HTTP response: status line, headers, empty line, body")
+        if text is not None:
+            try:
+                answers.check(text)
+            except ValueError as e:
+                raise self.error(name, f"{self.path(name)} is not a valid HTTP answer: {e}", self.data[name],
+                                 expected) from None
         return text
 
     def refuse(self, names, why: str, expected: str) -> None:
@@ -509,13 +536,13 @@ def _parse_listeners(top: _Table, settings: dict) -> tuple[ListenerConfig, ...]:
             table.refuse(("tls_versions", "cipher_list"), "only for https listeners",
                          f"no such key on {protocol} listeners")
         if protocol == "tcp":
-            table.refuse(("answer_404", "answer_503", "sticky_name", "request_timeout"),
+            table.refuse(_ANSWER_KEYS + ("sticky_name", "request_timeout"),
                          "only for http and https listeners", "no such key on tcp listeners")
         timeouts = {name: table.integer(name, 1, MAX_TIMEOUT, default=settings[name], unit=" (seconds)")
                     for name in ("front_timeout", "back_timeout", "connect_timeout", "request_timeout")}
         listeners.append(ListenerConfig(
             protocol=protocol, address=address,
-            answer_404=table.answer("answer_404"), answer_503=table.answer("answer_503"),
+            **{name: table.answer(name) for name in _ANSWER_KEYS},
             expect_proxy=table.boolean("expect_proxy"),
             sticky_name=None if protocol == "tcp" else table.string(
                 "sticky_name", expected="a cookie name (letters, digits, !#$%&'*+-.^_`|~)", pattern=_TOKEN),
@@ -594,7 +621,7 @@ def _parse_applications(top: _Table, listeners: dict) -> tuple[ApplicationConfig
 def _parse_application(table: _Table, app_id: str, listeners: dict, owners: _Owners) -> ApplicationConfig:
     protocol = table.choice("protocol", ("http", "tcp"))
     if protocol == "tcp":
-        table.refuse(("sticky_session", "https_redirect", "answer_503"), "only for http applications",
+        table.refuse(("sticky_session", "https_redirect") + _ANSWER_KEYS, "only for http applications",
                      "no such key on tcp applications")
     frontends = tuple(_parse_frontend(front, app_id, protocol, listeners, owners) for front in table.tables(
         "frontends", FrontendConfig, "an array of frontend tables", ("certificate_path", "rules")))
@@ -605,7 +632,7 @@ def _parse_application(table: _Table, app_id: str, listeners: dict, owners: _Own
     return ApplicationConfig(
         app_id=app_id, protocol=protocol, frontends=frontends, backends=backends,
         sticky_session=table.boolean("sticky_session"), https_redirect=table.boolean("https_redirect"),
-        send_proxy=table.boolean("send_proxy"), answer_503=table.answer("answer_503"),
+        send_proxy=table.boolean("send_proxy"), **{name: table.answer(name) for name in _ANSWER_KEYS},
         send_proxy_version=table.integer("send_proxy_version", 1, 2),
         load_balancing_policy=table.choice("load_balancing_policy", tuple(LOAD_BALANCING_POLICIES)))
 

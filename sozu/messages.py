@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+from sozu.http import answers
+
 
 class MessageError(ValueError):
     """A message or order that does not fit the protocol; the text names the field.
@@ -529,6 +531,23 @@ LISTENER_PROXIES = ("HTTP", "HTTPS", "TCP")
 
 _timeout = _int_range(1, None)
 
+def _answer(v: Any) -> str:
+    """A custom answer template (sozu.http.answers): raw HTTP, checked as it will be sent."""
+    if type(v) is not str:
+        raise _bad("a raw HTTP answer", v)
+    try:
+        answers.check(v)
+    except ValueError as e:
+        raise _Invalid("", f"not a valid HTTP answer: {e}") from None
+    return v
+
+
+def _answers(sozu_011: tuple[int, ...]) -> dict:
+    """The answer_NNN fields: Sozu 0.11's always in the normal form, the others when given."""
+    return {f"answer_{status}": (_optional(_answer), None if status in sozu_011 else _ABSENT)
+            for status in answers.CUSTOM_STATUSES}
+
+
 _APPLICATION = _object({
     "app_id": (_name, _req),
     "sticky_session": (_bool, False),
@@ -537,7 +556,7 @@ _APPLICATION = _object({
     # Not in Sozu 0.11: the PROXY protocol version sent to backends of SendHeader applications.
     "send_proxy_version": (_int_range(1, 2), 2),
     "load_balancing_policy": (_enum(POLICIES), "RoundRobin"),
-    "answer_503": (_optional(_str), None),
+    **_answers((503,)),
 })
 _HTTP_FRONT = _front
 _TCP_FRONT = _object({"app_id": (_name, _req), "address": (_address, _req)})
@@ -574,8 +593,7 @@ _LISTENER_COMMON = {
 }
 _HTTP_LISTENER_SPEC = {
     **_LISTENER_COMMON,
-    "answer_404": (_optional(_str), None),
-    "answer_503": (_optional(_str), None),
+    **_answers((404, 503)),
     "expect_proxy": (_bool, False),
     "sticky_name": (_cookie_name, "SOZUBALANCEID"),
     "front_timeout": (_timeout, 60),

@@ -67,7 +67,7 @@ class ListenerInfo:
     """What a session needs to know about the listener it was accepted on, precomputed."""
 
     __slots__ = ("address", "protocol", "https", "scheme", "port", "by", "front_timeout",
-                 "back_timeout", "connect_timeout", "request_timeout", "answer_404", "answer_503",
+                 "back_timeout", "connect_timeout", "request_timeout", "answers",
                  "sticky_name", "expect_proxy")
 
     def __init__(self, address: str, protocol: str, config: dict):
@@ -82,8 +82,8 @@ class ListenerInfo:
         self.back_timeout = config.get("back_timeout", 30)
         self.connect_timeout = config.get("connect_timeout", 3)
         self.request_timeout = config.get("request_timeout", 10)
-        self.answer_404 = answers.custom_answer(config["answer_404"]) if config.get("answer_404") else None
-        self.answer_503 = answers.custom_answer(config["answer_503"]) if config.get("answer_503") else None
+        self.answers = {status: answers.template(config[f"answer_{status}"])
+                        for status in answers.CUSTOM_STATUSES if config.get(f"answer_{status}")}
         self.sticky_name = config.get("sticky_name", "SOZUBALANCEID").encode()
         self.expect_proxy = config.get("expect_proxy", False)
 

@@ -189,7 +189,7 @@ def test_policy_spellings(given, normal):
 
 def test_application_fields():
     o = order("ADD_APPLICATION", {"app_id": "A", "sticky_session": True, "https_redirect": True,
-                                  "proxy_protocol": "SendHeader", "answer_503": "HTTP/1.1 503"})
+                                  "proxy_protocol": "SendHeader", "answer_503": "HTTP/1.1 503\r\n\r\n"})
     assert o.data["proxy_protocol"] == "SendHeader" and o.data["sticky_session"] is True
 
 

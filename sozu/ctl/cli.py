@@ -11,6 +11,8 @@ Usage:
   sozuctl [options] state dump
   sozuctl [options] application add --id=APP [--sticky-session] [--https-redirect]
             [--send-proxy [--send-proxy-version=N] | --expect-proxy] [--load-balancing-policy=POLICY]
+            [--answer-400=FILE] [--answer-404=FILE] [--answer-408=FILE] [--answer-413=FILE]
+            [--answer-502=FILE] [--answer-503=FILE] [--answer-504=FILE]
   sozuctl [options] application remove --id=APP
   sozuctl [options] backend add --id=APP --backend-id=B --address=IP:PORT [--weight=N]
             [--sticky-id=S] [--backup]
@@ -33,11 +35,15 @@ Usage:
             (--new-certificate=FILE) (--new-key=FILE) [--new-certificate-chain=FILE]
             (--old-certificate=FILE | --old-fingerprint=HEX)
   sozuctl [options] listener http add --address=IP:PORT [--public-address=IP:PORT]
-            [--answer-404=FILE] [--answer-503=FILE] [--expect-proxy] [--sticky-name=NAME]
+            [--answer-400=FILE] [--answer-404=FILE] [--answer-408=FILE] [--answer-413=FILE]
+            [--answer-502=FILE] [--answer-503=FILE] [--answer-504=FILE]
+            [--expect-proxy] [--sticky-name=NAME]
             [--front-timeout=S] [--back-timeout=S] [--connect-timeout=S]
             [--request-timeout=S]
   sozuctl [options] listener https add --address=IP:PORT [--public-address=IP:PORT]
-            [--answer-404=FILE] [--answer-503=FILE] [--expect-proxy] [--sticky-name=NAME]
+            [--answer-400=FILE] [--answer-404=FILE] [--answer-408=FILE] [--answer-413=FILE]
+            [--answer-502=FILE] [--answer-503=FILE] [--answer-504=FILE]
+            [--expect-proxy] [--sticky-name=NAME]
             [--front-timeout=S] [--back-timeout=S] [--connect-timeout=S]
             [--request-timeout=S] [--tls-versions=LIST] [--cipher-list=CIPHERS]
   sozuctl [options] listener tcp add --address=IP:PORT [--public-address=IP:PORT]
@@ -101,6 +107,7 @@ import sozu.state
 from sozu import __version__
 from sozu.ctl import render
 from sozu.ctl.client import Client, ProxyUnreachable, new_request_id
+from sozu.http.answers import CUSTOM_STATUSES
 from sozu.messages import MessageError, Request
 
 PROG = "sozuctl"
@@ -291,7 +298,14 @@ def _application_add(a: dict) -> Command:
             "load_balancing_policy": POLICIES[policy]}
     if a["--send-proxy-version"] is not None:
         data["send_proxy_version"] = _int(a, "--send-proxy-version", minimum=1)
+    data.update(_answer_files(a))
     return _proxy("ADD_APPLICATION", data)
+
+
+def _answer_files(a: dict) -> dict:
+    """answer_NNN: the text of each --answer-NNN file given (custom answers, docs/routing.md)."""
+    return {f"answer_{status}": _read_text(a[f"--answer-{status}"], "answer")
+            for status in CUSTOM_STATUSES if a[f"--answer-{status}"] is not None}
 
 
 def _application_remove(a: dict) -> Command:
@@ -390,9 +404,7 @@ def _listener_add(a: dict) -> Command:
                 "cipher_list": a["--cipher-list"]}
     for flag in ("--front-timeout", "--back-timeout", "--connect-timeout", "--request-timeout"):
         optional[flag[2:].replace("-", "_")] = _int(a, flag)
-    for flag in ("--answer-404", "--answer-503"):
-        if a[flag] is not None:
-            optional[flag[2:].replace("-", "_")] = _read_text(a[flag], "answer")
+    optional.update(_answer_files(a))
     if a["--tls-versions"] is not None:
         optional["versions"] = [v for v in re.split(r"[,\s]+", a["--tls-versions"]) if v]
     data.update((k, v) for k, v in optional.items() if v is not None)

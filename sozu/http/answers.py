@@ -6,6 +6,8 @@ an error we no longer trust where the next request would start.
 """
 from __future__ import annotations
 
+import functools
+
 REASONS = {
     301: "Moved Permanently",
     302: "Found",
@@ -53,14 +55,69 @@ def default_answer(status: int, detail: str = "", extra_headers: tuple[tuple[str
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data
 
 
-def custom_answer(text: str) -> bytes:
-    """A listener's or application's answer file: raw HTTP, normalised to CRLF line endings in
-    its head, its Connection header replaced by `Connection: close` (the connection is closed
-    after it, and the client must know not to send another request)."""
-    head, sep, body = text.replace("\r\n", "\n").partition("\n\n")
-    lines = [line for line in head.split("\n") if line.partition(":")[0].strip().lower() != "connection"]
-    lines.append("Connection: close")
-    return "\r\n".join(lines).encode("utf-8") + b"\r\n\r\n" + body.encode("utf-8")
+# --- custom answers ------------------------------------------------------------------------
+#
+# A listener or an application may replace the answers for these statuses with its own raw
+# HTTP answers (docs/routing.md), templates with a few variables. The text is checked when the
+# order arrives (`check`); its parsed form is cached by text (`template`), so a worker parses
+# each distinct answer once. The head is normalised to CRLF lines; its Content-Length,
+# Transfer-Encoding and Connection lines are replaced: the body's length is counted after the
+# variables are filled in, and the connection is closed after the answer.
+
+CUSTOM_STATUSES = (400, 404, 408, 413, 502, 503, 504)
+VARIABLES = ("%REQUEST_ID", "%ROUTE", "%STATUS", "%MESSAGE")
+_REPLACED = frozenset(("content-length", "transfer-encoding", "connection"))
+_SAMPLE = (b"0123456789ab-0", "app", 503, "No backend server is available.")
+
+
+class Template:
+    """A custom answer: head lines and body, with their variables still in."""
+
+    __slots__ = ("head", "body", "variables")
+
+    def __init__(self, text: str):
+        head, _, body = text.replace("\r\n", "\n").partition("\n\n")
+        lines = [line for line in head.split("\n")
+                 if line.partition(":")[0].strip().lower() not in _REPLACED]
+        self.head = "\r\n".join(lines)
+        self.body = body
+        self.variables = any(name in text for name in VARIABLES)
+
+    def render(self, request_id: bytes, route: str, status: int, message: str) -> bytes:
+        head, body = self.head, self.body
+        if self.variables:
+            # Nothing a client sent reaches a template but the request id sozu made and the
+            # route it chose; the message loses line breaks so the head stays one line each.
+            values = (("%REQUEST_ID", request_id.decode("ascii")), ("%ROUTE", route),
+                      ("%STATUS", str(status)),
+                      ("%MESSAGE", " ".join(message.split()).replace("&", "&amp;")
+                       .replace("<", "&lt;").replace(">", "&gt;")))
+            for name, value in values:
+                head, body = head.replace(name, value), body.replace(name, value)
+        data = body.encode("utf-8")
+        return (head.encode("utf-8") + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                % len(data) + data)
+
+
+@functools.lru_cache(maxsize=1024)
+def template(text: str) -> Template:
+    return Template(text)
+
+
+def check(text: str) -> None:
+    """ValueError saying why `text` is not a usable HTTP answer: its head (with the variables
+    filled in) must parse as a response head, with a status of 200 or more."""
+    from sozu.http.parser import ProtocolError, parse_response_head
+    if "\n\n" not in text.replace("\r\n", "\n"):
+        raise ValueError("no empty line after its head (status line, headers, empty line, body)")
+    try:
+        parsed = parse_response_head(Template(text).render(*_SAMPLE), b"GET")
+    except ProtocolError as error:
+        raise ValueError(error.message) from None
+    if parsed is None:
+        raise ValueError("an incomplete head")
+    if parsed[0].status < 200:
+        raise ValueError(f"an informational status ({parsed[0].status}) is no answer")
 
 
 def redirect_answer(location: bytes, status: int = 301) -> bytes:

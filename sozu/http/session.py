@@ -298,11 +298,12 @@ class HttpSession:
         self.keep_alive = head.keep_alive
         route = ctx.router.route_http(listener.address, head.host, head.path, listener.https, head.method)
         if route is None:
-            raise Answer(404, body=listener.answer_404)
+            raise Answer(404)
         exchange.app_id = app_id = route.app_id
         application = ctx.applications.get(app_id)
         if application is None:  # removed between routing tables: same as no route
-            raise Answer(404, body=listener.answer_404)
+            exchange.app_id = "-"
+            raise Answer(404)
         if application["https_redirect"] and not listener.https:
             location = b"https://" + head.host.encode() + headers.origin_form(head.target)
             raise Answer(301, body=answers.redirect_answer(location))
@@ -348,7 +349,7 @@ class HttpSession:
         backend, connection, reused = ctx.connect_backend(
             app_id, lambda address: self.open_backend(address, listener.connect_timeout), sticky_id, reuse)
         if backend is None:
-            raise Answer(503, "no backend could be reached", body=self.answer_503(application))
+            raise Answer(503, "no backend could be reached")
         self.exchange.backend = backend.address
         if not reused and application["proxy_protocol"] in SENDS_PROXY:
             connection.private = True
@@ -363,10 +364,19 @@ class HttpSession:
         except OSError as error:
             raise Answer(502, f"sending the PROXY header failed: {error}") from None
 
-    def answer_503(self, application) -> bytes | None:
-        if application.get("answer_503"):
-            return answers.custom_answer(application["answer_503"])
-        return self.listener.answer_503
+    def error_answer(self, status: int, detail: str) -> bytes:
+        """The answer for an error status: the application's custom answer for it, else the
+        listener's, else sozu's own (sozu.http.answers)."""
+        app_id = self.exchange.app_id if self.exchange is not None else "-"
+        application = self.ctx.applications.get(app_id) if app_id != "-" else None
+        text = application.get(f"answer_{status}") if application is not None else None
+        template = answers.template(text) if text else self.listener.answers.get(status)
+        if template is None:
+            return answers.default_answer(status, detail)
+        if self.request_id == b"-":  # answered before any backend was asked: an id of its own
+            self.request_id = _id_prefix + b"%x" % next(_request_ids)
+        message = answers.EXPLANATIONS.get(status, "") + (f" {detail}" if detail else "")
+        return template.render(self.request_id, app_id, status, message)
 
     @staticmethod
     def open_backend(address: str, timeout: float):
@@ -677,7 +687,7 @@ def serve(ctx, listener, sock, client_address) -> None:
     except Answer as answer:
         ctx.deadlines.disarm(session)  # the error answer bounds its own waits
         if not session.response_started:
-            _send_error(session, answer.status, answer.body or answers.default_answer(answer.status, answer.detail))
+            _send_error(session, answer.status, answer.body or session.error_answer(answer.status, answer.detail))
         level = (logging.WARNING if answer.status >= 500 else
                  logging.DEBUG if answer.status in (301, 404) else logging.INFO)  # 301/404: routine
         log.log(level, "%s: %d %s", _describe(session), answer.status, answer.detail)

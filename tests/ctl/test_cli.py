@@ -355,6 +355,19 @@ def test_listener_answer_files_are_sent_verbatim(peer, config, capsys, workdir):
     assert data["answer_503"] == page.replace("404 Not Found", "503 Busy")
 
 
+def test_application_custom_answer_templates_are_sent_and_checked(peer, config, capsys, workdir):
+    page = "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\n\r\n<p>%MESSAGE (%REQUEST_ID)</p>"
+    (workdir / "502.http").write_text(page)
+    status, _, err = run(config, "application", "add", "--id=A", f"--answer-502={workdir / '502.http'}",
+                         capsys=capsys)
+    assert (status, err) == (0, "")
+    assert sent(peer)["data"]["data"]["answer_502"] == page
+    (workdir / "bad.http").write_text("HTTP/1.1 504 Late\r\nno colon here\r\n\r\n")
+    status, _, err = run(config, "application", "add", "--id=A", f"--answer-504={workdir / 'bad.http'}",
+                         capsys=capsys)
+    assert status == 1 and "data.answer_504: not a valid HTTP answer: header line without a colon" in err
+
+
 # --- certificates ----------------------------------------------------------------------------
 
 def test_certificate_add_reads_the_pem_files(peer, config, capsys, pki):

@@ -115,3 +115,32 @@ def test_response_header_edits():
     assert lines == [b"X-Keep: 1", b"Content-Length: 2", b"Sozu-Id: id1", b"X-Frame-Options: DENY", b"X-Keep: 2"]
     assert rules.edit_response(route(), sent) is sent
     assert parse_response_head(edited, b"GET")[0].content_length == 2
+
+
+# --- custom answers (sozu.http.answers) ---------------------------------------------------------
+
+from sozu.http import answers  # noqa: E402
+
+
+def test_a_custom_answer_template_is_filled_in_and_framed_again():
+    text = ("HTTP/1.1 503 Service Unavailable\nContent-Type: text/html\nContent-Length: 3\nConnection: keep-alive\n"
+            "X-Request: %REQUEST_ID\n\n<h1>%STATUS</h1><p>%ROUTE: %MESSAGE</p>\n")
+    rendered = answers.template(text).render(b"abc-1", "shop", 503, "no <backend>\r\nat all")
+    head, body = rendered.split(b"\r\n\r\n", 1)
+    assert body == b"<h1>503</h1><p>shop: no &lt;backend&gt; at all</p>\n"
+    parsed, _ = parse_response_head(rendered, b"GET")
+    assert parsed.status == 503 and parsed.content_length == len(body) and not parsed.keep_alive
+    assert b"X-Request: abc-1\r\n" in head and head.count(b"Content-Length") == 1
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("not http\n\nbody", "malformed status line"),
+    ("HTTP/1.1 503 Busy\nbody without an empty line", "no empty line"),
+    ("HTTP/1.1 503 Busy\nX-Broken\n\n", "header line without a colon"),
+    ("HTTP/1.1 100 Continue\n\n", "informational"),
+    ("HTTP/1.1 503 Busy\nX-Id: %MESSAGE\x01\n\n", ""),
+])
+def test_a_template_that_is_no_http_answer_is_refused(text, problem):
+    with pytest.raises(ValueError) as error:
+        answers.check(text)
+    assert problem in str(error.value)

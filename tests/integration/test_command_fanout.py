@@ -287,7 +287,7 @@ def test_a_listener_sent_to_a_stuck_worker_blocks_nobody_and_arrives_later(proxy
     victim = proxy.workers()[0]
     port = free_port()
     address = f"127.0.0.1:{port}"
-    filler = "x" * 200_000  # a few of these fill the socketpair's buffers
+    filler = "HTTP/1.1 503 Unavailable\r\n\r\n" + "x" * 200_000  # a few of these fill the socketpair's buffers
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.connect(proxy.socket_path)
     conn.settimeout(10)

@@ -405,7 +405,7 @@ def test_soft_stop_of_one_worker(lone):
 def test_a_query_answer_larger_than_a_command_message_is_answered(proxy):
     """The workers' answers are not bound by the command socket's limit on requests (1 MB
     here): a QUERY of a large state comes back whole."""
-    big = "x" * 600_000
+    big = "HTTP/1.1 503 Unavailable\r\n\r\n" + "x" * 600_000
     for i in range(2):
         ok(proxy.order("ADD_APPLICATION", {"app_id": f"big-{i}", "answer_503": big}))
     views = query(proxy)
@@ -417,7 +417,7 @@ def test_a_query_answer_larger_than_a_command_message_is_answered(proxy):
 
 def test_an_answer_larger_than_the_outbox_limit_is_sent_whole(proxy):
     """16 MiB bounds what a client that never reads can pile up, not the size of one answer."""
-    text = "z" * 900_000
+    text = "HTTP/1.1 503 Unavailable\r\n\r\n" + "z" * 900_000
     apps = [f"huge-{i}" for i in range(20)]  # an 18 MB state
     try:
         for app_id in apps:

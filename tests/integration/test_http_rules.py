@@ -166,3 +166,49 @@ def test_bad_rules_are_refused_at_runtime_naming_the_field(acting):
                                                  "hostname": "refused.test", **data})
         assert answer["status"] == "ERROR" and f"ADD_HTTP_FRONT: {field}: " in answer["message"], answer
     assert request(acting.port, "GET", "/", host="refused.test").status == 404
+
+
+# --- custom answers -----------------------------------------------------------------------------
+
+def test_custom_answers_per_listener_and_application(tmp_path, sozu, backend):
+    (tmp_path / "404.http").write_text("HTTP/1.1 404 Not Found\nContent-Type: text/html\n\n"
+                                       "<h1>%STATUS</h1> nothing here (%REQUEST_ID, %ROUTE)\n")
+    (tmp_path / "408.http").write_text("HTTP/1.1 408 Request Timeout\n\ntoo slow: %MESSAGE\n")
+    (tmp_path / "503.http").write_text("HTTP/1.1 503 Service Unavailable\nRetry-After: 30\n\n"
+                                       "%ROUTE is down (%REQUEST_ID)\n")
+    dead, live = free_port(), backend("live")
+    port = free_port()
+    apps = {"down": {"fronts": [("down.test", "")], "backends": [f"127.0.0.1:{dead}"],
+                     "extra": 'answer_503 = "503.http"'},
+            "up": {"fronts": [("up.test", "")], "backends": [f"127.0.0.1:{live.port}"]}}
+    config = http_apps_config(tmp_path, port, apps, listener_extra='answer_404 = "404.http"\nanswer_408 = "408.http"',
+                              timeouts="front_timeout = 10\nback_timeout = 5\nconnect_timeout = 2\nrequest_timeout = 1")
+    proxy = sozu(config)
+    missing = request(port, "GET", "/x", host="nowhere.test")
+    assert missing.status == 404 and missing.header("Content-Type") == "text/html"
+    assert missing.body.startswith(b"<h1>404</h1> nothing here (") and missing.body.endswith(b", -)\n")
+    assert int(missing.header("Content-Length")) == len(missing.body)
+    down = request(port, "GET", "/", host="down.test")
+    assert down.status == 503 and down.header("Retry-After") == "30"
+    assert down.body.startswith(b"down is down (") and b"%REQUEST_ID" not in down.body
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: up")  # and nothing more
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n") and b"too slow: The request" in answer
+    assert request(port, "GET", "/", host="up.test").status == 200
+
+    # At runtime: refused when not an HTTP answer, kept in the saved state when it is one.
+    refused = proxy.order("ADD_APPLICATION", {"app_id": "up", "answer_502": "<html>oops</html>\n\n"})
+    assert refused["status"] == "ERROR" and "data.answer_502: not a valid HTTP answer" in refused["message"]
+    page = "HTTP/1.1 502 Bad Gateway\r\n\r\nbad backend for %ROUTE\n"
+    assert proxy.order("ADD_APPLICATION", {"app_id": "up", "answer_502": page})["status"] == "OK"
+    saved = tmp_path / "saved.state"
+    assert proxy.ctl("state", "save", f"--file={saved}").returncode == 0
+    from sozu.messages import load_orders
+    kept = [o.data for o in load_orders(saved.read_bytes()) if o.type == "ADD_APPLICATION"]
+    assert {"app_id": "up", "answer_502": page}.items() <= next(a for a in kept if a["app_id"] == "up").items()
+    listener = next(o.data for o in load_orders(saved.read_bytes()) if o.type == "ADD_HTTP_LISTENER")
+    assert listener["answer_408"].startswith("HTTP/1.1 408")

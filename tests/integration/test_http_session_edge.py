@@ -16,7 +16,7 @@ from sozu.http.deadlines import Deadlines  # noqa: E402
 class Listener:
     address, https, scheme, port, by = "127.0.0.1:1", False, b"http", b"1", b"127.0.0.1:1"
     request_timeout = front_timeout = back_timeout = connect_timeout = 2
-    answer_404 = answer_503 = None
+    answers = {}
     sticky_name = b"SOZUBALANCEID"
 
 
