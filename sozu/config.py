@@ -28,7 +28,7 @@ except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
 
 from sozu.http import answers
-from sozu.messages import MessageError, Order, normalize_hostname
+from sozu.messages import MessageError, Order, health_check, normalize_hostname
 from sozu.state import front_rule
 
 LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "critical", "off")
@@ -135,6 +135,7 @@ class ApplicationConfig:
     answer_413: str | None = None
     answer_502: str | None = None
     answer_504: str | None = None
+    health_check: dict | None = None   # the normal form of the order's (docs/health-checks.md)
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,8 @@ class Config:
                     "app_id": app.app_id, "backend_id": backend.backend_id, "address": backend.address,
                     "sticky_id": backend.sticky_id, "backup": backend.backup,
                     "load_balancing_parameters": {"weight": backend.weight}}))
+        orders += [Order("SET_HEALTH_CHECK", {"app_id": app.app_id, "health_check": app.health_check})
+                   for app in self.applications if app.health_check is not None]
         for app in self.applications:
             for front in app.frontends:
                 if app.protocol == "tcp":
@@ -631,10 +634,29 @@ def _parse_application(table: _Table, app_id: str, listeners: dict, owners: _Own
     backends = tuple(_parse_backend(table, index, item, app_id, owners) for index, item in enumerate(items))
     return ApplicationConfig(
         app_id=app_id, protocol=protocol, frontends=frontends, backends=backends,
+        health_check=_health_check(table, protocol),
         sticky_session=table.boolean("sticky_session"), https_redirect=table.boolean("https_redirect"),
         send_proxy=table.boolean("send_proxy"), **{name: table.answer(name) for name in _ANSWER_KEYS},
         send_proxy_version=table.integer("send_proxy_version", 1, 2),
         load_balancing_policy=table.choice("load_balancing_policy", tuple(LOAD_BALANCING_POLICIES)))
+
+
+def _health_check(table: _Table, protocol: str) -> dict | None:
+    """The order's own check (sozu.messages.health_check) is the one validation; its field
+    path becomes the dotted key. The protocol defaults to the application's."""
+    raw = table.data.get("health_check")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise table.error("health_check", "wrong type", raw, "a table [applications.NAME.health_check]")
+    try:
+        return health_check({"protocol": protocol, **raw})
+    except MessageError as error:
+        key = table.key("health_check")
+        if error.field:
+            name, sep, index = error.field.partition("[")
+            key = _dotted(key, name) + sep + index
+        raise ConfigError(table.ctx.file, key, error.text) from None
 
 
 def _parse_frontend(table: _Table, app_id: str, protocol: str, listeners: dict,

@@ -43,6 +43,11 @@ BACKEND_UP event however many retries it took. A failure reported while the back
 already resting comes from an attempt begun before it went down and does not lengthen the
 backoff, so a burst of concurrent failures counts once.
 
+Active health (sozu.health) overrides both: a backend its checks found down (`checked_down`,
+from the state's verdicts at each `update`) is no candidate at all, not even a resting one, until
+the checks find it up again; that verdict also ends any passive backoff, so a backend that is
+back serves at once.
+
 Pure: time comes in as `now` (seconds, any monotonic origin), randomness from the
 `random.Random` given (create it after fork: an unseeded one draws from os.urandom).
 """
@@ -92,6 +97,8 @@ class Backend:
         "down_until",
         "retired",
         "current",
+        "checked_down",
+        "last_error",
     )
 
     def __init__(
@@ -112,6 +119,8 @@ class Backend:
         self.down_until = 0.0
         self.retired = False
         self.current = 0  # smooth weighted round robin state
+        self.checked_down = False  # the active health checks' verdict
+        self.last_error: str | None = None  # of the last failed connect (passive health)
 
     @classmethod
     def from_order(cls, data: Mapping[str, Any]) -> Backend:
@@ -139,8 +148,9 @@ class Backend:
         return self.backend_id if self.sticky_id is None else self.sticky_id
 
     def is_up(self, now: float) -> bool:
-        """Not resting in backoff (says nothing of `retired` or `weight`)."""
-        return now >= self.down_until
+        """Not resting in backoff nor found down by the health checks (says nothing of
+        `retired` or `weight`)."""
+        return now >= self.down_until and not self.checked_down
 
     def __repr__(self) -> str:
         flags = "".join(
@@ -167,10 +177,12 @@ class BackendSet:
         self.policy = DEFAULT_POLICY
         self.update(policy, backends)
 
-    def update(self, policy: str, backends: Iterable[Mapping[str, Any]]) -> None:
-        """Apply a state change (ADD_BACKEND data list): keep the objects of the backends
-        that remain, add new ones, retire the removed ones. The same identity twice: the
-        later settings win, the first position stays."""
+    def update(self, policy: str, backends: Iterable[Mapping[str, Any]],
+               health: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> None:
+        """Apply a state change (ADD_BACKEND data list, and the health checks' verdicts by
+        (backend_id, address)): keep the objects of the backends that remain, add new ones,
+        retire the removed ones. The same identity twice: the later settings win, the first
+        position stays."""
         self.policy = normalise_policy(policy)
         previous = {backend.key: backend for backend in self._members}
         members: dict[tuple[str, str], Backend] = {}
@@ -180,6 +192,12 @@ class BackendSet:
             if backend is None:
                 backend = Backend(*key)
             backend.configure(data)
+            verdict = health.get(key) if health else None
+            down = verdict is not None and not verdict["up"]
+            if backend.checked_down and not down:  # back: no passive backoff left either
+                backend.failures = 0
+                backend.down_until = 0.0
+            backend.checked_down = down
             members[key] = backend
         for gone in previous.values():
             gone.retired = True
@@ -213,6 +231,8 @@ class BackendSet:
                 continue
             if backend.is_up(now):
                 (backups if backend.backup else primaries).append(backend)
+            elif backend.checked_down:
+                continue
             elif resting is None or backend.down_until < resting.down_until:
                 resting = backend
         candidates = primaries or backups
@@ -246,8 +266,9 @@ class BackendSet:
         if backend.active_connections > 0:
             backend.active_connections -= 1
 
-    def mark_failure(self, backend: Backend, now: float) -> bool:
+    def mark_failure(self, backend: Backend, now: float, error: str | None = None) -> bool:
         """A connect to `backend` failed. True when it was healthy (emit BACKEND_DOWN)."""
+        backend.last_error = error
         if not backend.is_up(now):
             # Already resting: this attempt began before it went down; don't escalate.
             return False
@@ -280,14 +301,16 @@ class Balancer:
         """Follow `state.applications` and `state.backends`, keeping live counters; the
         backends of removed applications are retired."""
         sets: dict[str, BackendSet] = {}
+        health: dict[str, dict] = {}
+        for (app_id, backend_id, address), verdict in state.health.items():
+            health.setdefault(app_id, {})[(backend_id, address)] = verdict
         for app_id, app in state.applications.items():
             policy = app.get("load_balancing_policy") or DEFAULT_POLICY
             backends = state.backends.get(app_id, ())
             backend_set = self._sets.get(app_id)
             if backend_set is None:
-                backend_set = BackendSet(policy, backends, self._rng)
-            else:
-                backend_set.update(policy, backends)
+                backend_set = BackendSet(policy, (), self._rng)
+            backend_set.update(policy, backends, health.get(app_id))
             sets[app_id] = backend_set
         for app_id, backend_set in self._sets.items():
             if app_id not in sets:

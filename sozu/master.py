@@ -15,6 +15,11 @@ A worker is forked (no exec) from the master's current memory, so it starts with
 state. A worker that dies is replaced at once, unless it died right after boot several times in a
 row: then its replacement waits, doubling each time up to a minute, and the reason is logged.
 
+The active health checks (sozu.health.checker) run in this loop too, without blocking it: each
+turn gives them a tick, and the loop sleeps no longer than their next deadline. A verdict that
+changes a backend's state is an order like any other: applied to the master's state, then sent
+to every worker.
+
 An order from the command socket is applied to the master's state first (which validates it),
 then sent to every running worker; the answer to the client waits for all of them
 (sozu.command_server), bounded by ctl_command_timeout.
@@ -22,6 +27,7 @@ then sent to every running worker; the answer to the client waits for all of the
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import selectors
@@ -34,8 +40,9 @@ from dataclasses import dataclass, field
 from sozu import listeners, systemd
 from sozu.capacity import LoadBoard
 from sozu.channel import ChannelClosed, MasterChannel
+from sozu.health.checker import HealthChecker
 from sozu.messages import MessageError
-from sozu.state import answer_query
+from sozu.state import StateError, answer_query
 
 log = logging.getLogger("sozu.master")
 
@@ -96,6 +103,8 @@ class Master:
         self.ready_fd = ready_fd     # set when an older master waits for us to serve
         self.told_ready = False      # READY=1 sent to systemd (sozu/systemd.py)
         self.last_ping = 0.0
+        self.health = HealthChecker(self.selector, self.apply_health)
+        self._health_ids = itertools.count()
         self._wakeup_r, self._wakeup_w = os.pipe()
         os.set_blocking(self._wakeup_r, False)
         os.set_blocking(self._wakeup_w, False)
@@ -119,7 +128,7 @@ class Master:
                         return self.exit_code
                 else:
                     self.manage_workers()
-                self.serve_ready_sockets(timeout=0.25)
+                self.serve_ready_sockets(timeout=self.health.tick(self.state, time.monotonic()))
                 now = time.monotonic()
                 if self.command_server is not None:
                     self.command_server.expire(now)
@@ -230,6 +239,7 @@ class Master:
             worker.channel.close()
         if self.command_server is not None:
             self.command_server.close_in_child()
+        self.health.close()
         self.selector.close()
         os.close(self._wakeup_r)
         os.close(self._wakeup_w)
@@ -484,8 +494,29 @@ class Master:
 
     def query(self, order):
         """The master's own answer to a QUERY order, in the workers' shape, so that an operator
-        can compare them (sozuctl query applications)."""
-        return answer_query(self.state, order.data)
+        can compare them (sozuctl query applications); for BACKENDS, with what the health
+        checker counts."""
+        answer = answer_query(self.state, order.data)
+        if order.data.get("type") == "BACKENDS":
+            targets = self.health.targets
+            for row in answer:
+                target = targets.get((row["app_id"], row["backend_id"], row["address"]))
+                if target is not None:
+                    row["check"] = target.view()
+        return answer
+
+    def apply_health(self, order) -> None:
+        """A health verdict (SET_BACKEND_HEALTH): into the state, then to every worker. The
+        workers' answers come back without a waiting task, and are dropped."""
+        try:
+            self.state.dispatch(order)
+        except StateError as error:  # the backend went away while its check ran
+            log.debug("health verdict dropped: %s", error)
+            return
+        message = {"id": f"health-{next(self._health_ids)}", "type": "PROXY", "data": order.to_json()}
+        for worker in list(self.workers.values()):
+            if worker.state != "stopping":
+                self.send_to_worker(worker, message)
 
     # -- stopping ----------------------------------------------------------------------------
     def stop(self, how: str) -> None:

@@ -572,6 +572,86 @@ _BACKEND = _object({
 _BACKEND_REF = _object({
     "app_id": (_name, _req), "backend_id": (_name, _req), "address": (_address, _req)})
 _NAMES = _list_of(_hostname, unique=True)
+
+# Active health checks (docs/health-checks.md). Times are seconds (numbers); a check must end
+# before the next one begins, so the timeout is at most the interval.
+HEALTH_CHECK_PROTOCOLS = ("http", "tcp")
+_METHOD = re.compile(r"[A-Z]{1,16}\Z")
+_CHECK_PATH = re.compile(r"/[!-~]*\Z")
+
+
+def _seconds(low: float, high: float) -> Checker:
+    expected = f"a number of seconds {low:g}..{high:g}"
+
+    def check(v: Any) -> float:
+        if type(v) not in (int, float) or not low <= v <= high:
+            raise _bad(expected, v)
+        return float(v)
+    return check
+
+
+def _method(v: Any) -> str:
+    if type(v) is not str or not _METHOD.match(v):
+        raise _bad('an upper-case HTTP method like "GET" or "HEAD"', v)
+    return v
+
+
+def _check_path(v: Any) -> str:
+    if type(v) is not str or not _CHECK_PATH.match(v):
+        raise _bad('a path starting with "/" (printable ASCII, no spaces)', v)
+    return v
+
+
+def _statuses(v: Any) -> list[int]:
+    return sorted(_list_of(_int_range(100, 599), unique=True)(v))
+
+
+_HEALTH_CHECK_FIELDS = _object({
+    "protocol": (_enum(HEALTH_CHECK_PROTOCOLS), "http"),
+    "method": (_method, "GET"),
+    "path": (_check_path, "/"),
+    "host": (_optional(_hostname), None),
+    "expected_statuses": (_statuses, []),
+    "expected_body": (_optional(_nonempty), None),
+    "interval": (_seconds(0.1, 3600), 2.0),
+    "timeout": (_seconds(0.05, 60), 1.0),
+    "rise": (_int_range(1, 100), 2),
+    "fall": (_int_range(1, 100), 3),
+})
+
+
+def _health_check_object(v: Any) -> dict:
+    check = _HEALTH_CHECK_FIELDS(v)
+    if check["timeout"] > check["interval"]:
+        raise _Invalid("timeout", f"expected at most the interval ({check['interval']:g} s), "
+                                  f"got {check['timeout']:g}")
+    return check
+
+
+def health_check(value: Any) -> dict:
+    """The normal form of a health check object; MessageError whose `field` names the field
+    (the TOML reader reports it under its own dotted key)."""
+    try:
+        return _health_check_object(value)
+    except _Invalid as e:
+        error = MessageError(f"{e.path}: {e.text}" if e.path else e.text)
+        error.field, error.text = e.path, e.text
+        raise error from None
+
+
+_SET_HEALTH_CHECK = _object({
+    "app_id": (_name, _REQUIRED),
+    "health_check": (_optional(_health_check_object), None),
+})
+# A verdict of the active checks, sent by the master to every worker.
+_SET_BACKEND_HEALTH = _object({
+    "app_id": (_name, _REQUIRED),
+    "backend_id": (_name, _REQUIRED),
+    "address": (_address, _REQUIRED),
+    "up": (_bool, _REQUIRED),
+    "since": (_seconds(0, 1e12), _REQUIRED),   # wall-clock time of the change
+    "reason": (_optional(_str), None),
+})
 _CERTIFICATE = _object({
     "certificate": (_nonempty, _req),
     "certificate_chain": (_list_of(_nonempty), []),
@@ -621,7 +701,7 @@ _ACTIVATE_LISTENER = _object({
 _DEACTIVATE_LISTENER = _object({
     "front": (_address, _req), "proxy": (_proxy, _req), "to_scm": (_bool, False)})
 
-_QUERY_TYPES = ("APPLICATIONS_HASHES", "APPLICATIONS", "CERTIFICATES")
+_QUERY_TYPES = ("APPLICATIONS_HASHES", "APPLICATIONS", "CERTIFICATES", "BACKENDS")
 _DOMAIN = _object({"hostname": (_hostname, _req), "path_begin": (_optional(_path_begin), None)})
 
 
@@ -665,6 +745,8 @@ _STATE_CHECKS: dict[str, Checker] = {
     "REMOVE_TCP_FRONT": _TCP_FRONT,
     "ADD_BACKEND": _BACKEND,
     "REMOVE_BACKEND": _BACKEND_REF,
+    "SET_HEALTH_CHECK": _SET_HEALTH_CHECK,
+    "SET_BACKEND_HEALTH": _SET_BACKEND_HEALTH,
     "ADD_CERTIFICATE": _ADD_CERTIFICATE,
     "REMOVE_CERTIFICATE": _REMOVE_CERTIFICATE,
     "REPLACE_CERTIFICATE": _REPLACE_CERTIFICATE,

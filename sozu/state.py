@@ -11,6 +11,12 @@ The values held in the dicts (an application's settings, a backend, a listener's
 the very dicts the orders carried, and are never mutated in place: a change replaces them.
 That makes `copy()` a copy of the containers only. Readers must treat them as read-only.
 
+Health: `health_checks` (app_id -> the active check's settings) is configuration like the rest.
+`health` holds the verdicts of the active checks ((app_id, backend_id, address) -> the
+SET_BACKEND_HEALTH data): observations, not configuration, so they are neither compared, saved
+nor diffed; a process forked from the master inherits them, and a new master checks again. A
+verdict goes with its backend, and with its application's check when that is turned off.
+
 Invariants: `backends` has no empty lists and `certificates` no empty dicts (the last removal
 drops the key), so equality of two states is equality of their dicts.
 """
@@ -204,6 +210,8 @@ class ConfigState:
         self.tcp_fronts: dict[str, str] = {}
         self.backends: dict[str, list[dict]] = {}
         self.certificates: dict[str, dict[str, dict]] = {}
+        self.health_checks: dict[str, dict] = {}
+        self.health: dict[tuple[str, str, str], dict] = {}
 
     @classmethod
     def from_orders(cls, orders: Iterable[Order]) -> "ConfigState":
@@ -221,6 +229,8 @@ class ConfigState:
         new.tcp_fronts = dict(self.tcp_fronts)
         new.backends = {app_id: list(b) for app_id, b in self.backends.items()}
         new.certificates = {addr: dict(c) for addr, c in self.certificates.items()}
+        new.health_checks = dict(self.health_checks)
+        new.health = dict(self.health)
         return new
 
     def __eq__(self, other: object) -> bool:
@@ -231,6 +241,7 @@ class ConfigState:
                 and _same_fronts(self.http_fronts, other.http_fronts)
                 and _same_fronts(self.https_fronts, other.https_fronts)
                 and self.tcp_fronts == other.tcp_fronts
+                and self.health_checks == other.health_checks
                 and {k: v for k, v in self.backends.items() if v}
                 == {k: v for k, v in other.backends.items() if v}
                 and {k: v for k, v in self.certificates.items() if v}
@@ -292,7 +303,15 @@ class ConfigState:
         for address in tcp:
             del self.tcp_fronts[address]
         self.backends.pop(app_id, None)
+        self.health_checks.pop(app_id, None)
+        self._forget_health(app_id)
         del self.applications[app_id]
+
+    def _forget_health(self, app_id: str, backend: tuple[str, str] | None = None) -> None:
+        """Drop the verdicts of an application's backends (or of one backend)."""
+        for key in [key for key in self.health if key[0] == app_id
+                    and (backend is None or key[1:] == backend)]:
+            del self.health[key]
 
     def _add_http_front(self, data: dict, protocol: str = "http") -> None:
         """A new front, or new settings for a front of the same application (it keeps its
@@ -371,8 +390,28 @@ class ConfigState:
                     del self.backends[app_id]
                 else:
                     del backends[i]
+                self._forget_health(app_id, (backend_id, address))
                 return
         raise StateError(f"no backend {backend_id} at {address} in application {app_id}")
+
+    def _set_health_check(self, data: dict) -> None:
+        app_id, check = data["app_id"], data["health_check"]
+        self._application(app_id)
+        if check is None:
+            self.health_checks.pop(app_id, None)
+            self._forget_health(app_id)
+        else:
+            self.health_checks[app_id] = check
+
+    def _set_backend_health(self, data: dict) -> None:
+        app_id, backend_id, address = data["app_id"], data["backend_id"], data["address"]
+        self._application(app_id)
+        if app_id not in self.health_checks:
+            raise StateError(f"application {app_id} has no health check")
+        if not any(b["backend_id"] == backend_id and b["address"] == address
+                   for b in self.backends.get(app_id, ())):
+            raise StateError(f"no backend {backend_id} at {address} in application {app_id}")
+        self.health[(app_id, backend_id, address)] = data
 
     def _add_certificate(self, data: dict) -> None:
         front = data["front"]
@@ -459,6 +498,8 @@ class ConfigState:
         orders += [Order("ADD_APPLICATION", app) for _, app in sorted(self.applications.items())]
         orders += [Order("ADD_BACKEND", b)
                    for _, backends in sorted(self.backends.items()) for b in backends]
+        orders += [_set_health_check(app_id, check)
+                   for app_id, check in sorted(self.health_checks.items())]
         orders += [Order("ADD_HTTP_FRONT", f) for f in _all_fronts(self.http_fronts)]
         orders += [Order("ADD_HTTPS_FRONT", f) for f in _all_fronts(self.https_fronts)]
         orders += [Order("ADD_TCP_FRONT", {"app_id": app, "address": address})
@@ -531,6 +572,10 @@ class ConfigState:
                       for app_id, app in sorted(other.applications.items())
                       if self.applications.get(app_id) != app]
         additions += backend_additions
+        additions += [_set_health_check(app_id, other.health_checks.get(app_id))
+                      for app_id in sorted(self.health_checks.keys() | other.health_checks.keys())
+                      if app_id in other.applications
+                      and self.health_checks.get(app_id) != other.health_checks.get(app_id)]
         additions += front_additions
         additions += [Order("ADD_TCP_FRONT", {"app_id": app, "address": address})
                       for address, app in sorted(other.tcp_fronts.items())
@@ -552,10 +597,13 @@ class ConfigState:
         return grouped
 
     def _application_view(self, app_id: str, fronts: dict[str, list[dict]]) -> dict:
-        return {"app_id": app_id,
+        view = {"app_id": app_id,
                 "configuration": dict(self.applications[app_id]),
                 **fronts,
                 "backends": [dict(b) for b in self.backends.get(app_id, ())]}
+        if app_id in self.health_checks:  # absent otherwise: the hash of an app without one stays
+            view["health_check"] = dict(self.health_checks[app_id])
+        return view
 
     def application_hash(self, app_id: str) -> str:
         """Stable SHA-256 (hex) of an application's settings, fronts and backends."""
@@ -607,7 +655,7 @@ def answer_query(state: ConfigState, query: dict) -> Any:
     master and in every worker, so that an operator can compare their copies of the state:
     APPLICATIONS_HASHES -> {app_id: hash}; APPLICATIONS -> application views (all, one
     APP_ID, or those serving a DOMAIN's hostname and path_begin); CERTIFICATES ->
-    {address: {fingerprint: names}}. StateError for an unknown query type."""
+    {address: {fingerprint: names}}; BACKENDS -> backend_health(state). StateError for an unknown query type."""
     kind = query.get("type")
     if kind == "APPLICATIONS_HASHES":
         return state.hashes()
@@ -620,10 +668,32 @@ def answer_query(state: ConfigState, query: dict) -> Any:
             return state.query_applications(domain=domain["hostname"],
                                             path_begin=domain.get("path_begin"))
         return state.query_applications()
+    if kind == "BACKENDS":
+        return backend_health(state)
     if kind == "CERTIFICATES":
         return {address: {fp: list(cert["names"]) for fp, cert in sorted(certs.items())}
                 for address, certs in sorted(state.certificates.items())}
     raise StateError(f"unknown query {kind!r}")
+
+
+def backend_health(state: ConfigState) -> list[dict]:
+    """Every backend with the health checks' verdict: `up` is None when its application has no
+    check (passive health alone, which each worker keeps for itself, then decides)."""
+    rows = []
+    for app_id, backends in sorted(state.backends.items()):
+        checked = app_id in state.health_checks
+        for b in backends:
+            verdict = state.health.get((app_id, b["backend_id"], b["address"]))
+            rows.append({"app_id": app_id, "backend_id": b["backend_id"], "address": b["address"],
+                         "backup": b["backup"], "checked": checked,
+                         "up": (verdict["up"] if verdict else True) if checked else None,
+                         "since": verdict["since"] if verdict else None,
+                         "reason": verdict["reason"] if verdict else None})
+    return rows
+
+
+def _set_health_check(app_id: str, check: dict | None) -> Order:
+    return Order("SET_HEALTH_CHECK", {"app_id": app_id, "health_check": check})
 
 
 def _activate(address: str, protocol: str) -> Order:
@@ -673,6 +743,8 @@ _HANDLERS = {
     "REMOVE_TCP_FRONT": ConfigState._remove_tcp_front,
     "ADD_BACKEND": ConfigState._add_backend,
     "REMOVE_BACKEND": ConfigState._remove_backend,
+    "SET_HEALTH_CHECK": ConfigState._set_health_check,
+    "SET_BACKEND_HEALTH": ConfigState._set_backend_health,
     "ADD_CERTIFICATE": ConfigState._add_certificate,
     "REMOVE_CERTIFICATE": ConfigState._remove_certificate,
     "REPLACE_CERTIFICATE": ConfigState._replace_certificate,

@@ -151,7 +151,7 @@ class Worker:
                 self.metrics.incr("backend_connect_errors")
                 # The time of the failure, not of the pick: a connect that timed out after the
                 # first backoff (1 s) would otherwise leave the backend already up again.
-                if backends.mark_failure(backend, time.monotonic()):
+                if backends.mark_failure(backend, time.monotonic(), str(error)):
                     log.warning("backend %s (%s) of %s is down: %s", backend.backend_id,
                                 backend.address, app_id, error)
                     self.event("BACKEND_DOWN", app_id, backend)
@@ -360,7 +360,18 @@ class Worker:
                 self.lingering.append((deadline, conn))
 
     def query(self, query: dict):
-        return answer_query(self.state, query)
+        answer = answer_query(self.state, query)
+        if query.get("type") == "BACKENDS":  # with this worker's own passive health
+            now = time.monotonic()
+            mine = {(app_id, *backend.key): backend for app_id in self.state.backends
+                    for backend in self.balancer.backends(app_id) or ()}
+            for row in answer:
+                backend = mine.get((row["app_id"], row["backend_id"], row["address"]))
+                if backend is not None:
+                    row.update(resting=not backend.is_up(now) and not backend.checked_down,
+                               failures=backend.failures, last_error=backend.last_error,
+                               active_connections=backend.active_connections)
+        return answer
 
     # -- stopping ----------------------------------------------------------------------------
     def soft_stop(self) -> None:

@@ -325,6 +325,7 @@ def test_balancer_follows_the_state():
             "empty": {"app_id": "empty"},
         },
         backends={"web": [backend("w1"), backend("w2")], "api": [backend("a1")]},
+        health={},
     )
     balancer.update(state)
     assert balancer.backends("nope") is None
@@ -351,7 +352,8 @@ def test_balancer_default_rng():
     balancer = Balancer()
     balancer.update(
         SimpleNamespace(
-            applications={"x": {"load_balancing_policy": "Random"}}, backends={"x": [backend("b")]}
+            applications={"x": {"load_balancing_policy": "Random"}}, backends={"x": [backend("b")]},
+            health={},
         )
     )
     assert balancer.backends("x").pick(NOW).backend_id == "b"

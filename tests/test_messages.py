@@ -48,6 +48,15 @@ DEFAULTS = [
       "load_balancing_parameters": None, "backup": False}),
     ("REMOVE_BACKEND", {"app_id": "A", "backend_id": "b1", "address": "127.0.0.1:1026"},
      {"app_id": "A", "backend_id": "b1", "address": "127.0.0.1:1026"}),
+    ("SET_HEALTH_CHECK", {"app_id": "A", "health_check": {"path": "/health"}},
+     {"app_id": "A", "health_check": {
+         "protocol": "http", "method": "GET", "path": "/health", "host": None,
+         "expected_statuses": [], "expected_body": None, "interval": 2.0, "timeout": 1.0,
+         "rise": 2, "fall": 3}}),
+    ("SET_BACKEND_HEALTH", {"app_id": "A", "backend_id": "b1", "address": "127.0.0.1:1026",
+                            "up": False, "since": 1700000000.5, "reason": "status 500"},
+     {"app_id": "A", "backend_id": "b1", "address": "127.0.0.1:1026", "up": False,
+      "since": 1700000000.5, "reason": "status 500"}),
     ("ADD_CERTIFICATE", {"front": "127.0.0.1:443", "certificate": {"certificate": "C",
                                                                  "key": "K"}},
      {"front": "127.0.0.1:443", "certificate": {"certificate": "C", "certificate_chain": [],
@@ -563,3 +572,27 @@ def test_arbitrary_json_is_a_request_or_a_message_error(data, kind):
     except MessageError:
         return
     assert Request.from_json(json.loads(json.dumps(request.to_json()))) == request
+
+
+@pytest.mark.parametrize("check,error", [
+    ({"interval": 1, "timeout": 2}, "data.health_check.timeout: expected at most the interval"),
+    ({"interval": 0}, "data.health_check.interval: expected a number of seconds 0.1..3600"),
+    ({"interval": True}, "data.health_check.interval: expected a number of seconds"),
+    ({"protocol": "udp"}, 'data.health_check.protocol: expected one of "http", "tcp"'),
+    ({"method": "get"}, "data.health_check.method: expected an upper-case HTTP method"),
+    ({"path": "health"}, 'data.health_check.path: expected a path starting with "/"'),
+    ({"expected_statuses": [200, 600]}, "data.health_check.expected_statuses[1]: expected an integer"),
+    ({"rise": 0}, "data.health_check.rise: expected an integer 1..100"),
+    ({"colour": "red"}, "data.health_check.colour: unknown field"),
+    ({"host": "not a host"}, "data.health_check.host: expected a host name"),
+])
+def test_health_checks_are_strict(check, error):
+    with pytest.raises(MessageError) as info:
+        Order.from_json({"type": "SET_HEALTH_CHECK", "data": {"app_id": "A", "health_check": check}})
+    assert str(info.value).startswith(f"SET_HEALTH_CHECK: {error}")
+
+
+def test_health_check_statuses_are_sorted_and_unique():
+    o = order("SET_HEALTH_CHECK", {"app_id": "A", "health_check": {"expected_statuses": [204, 200, 204]}})
+    assert o.data["health_check"]["expected_statuses"] == [200, 204]
+    assert order("SET_HEALTH_CHECK", {"app_id": "A"}).data == {"app_id": "A", "health_check": None}

@@ -17,6 +17,11 @@ Usage:
   sozuctl [options] backend add --id=APP --backend-id=B --address=IP:PORT [--weight=N]
             [--sticky-id=S] [--backup]
   sozuctl [options] backend remove --id=APP --backend-id=B --address=IP:PORT
+  sozuctl [options] backend list [--id=APP]
+  sozuctl [options] health-check set --id=APP [--protocol=PROTOCOL] [--check-method=METHOD]
+            [--path=PATH] [--host=HOST] [--expected-statuses=LIST] [--expected-body=TEXT]
+            [--interval=S] [--check-timeout=S] [--rise=N] [--fall=N]
+  sozuctl [options] health-check remove --id=APP
   sozuctl [options] frontend (http | https) (add | remove) --id=APP
             (--address=IP:PORT) (--hostname=HOST)
             [--path=PREFIX | --path-equals=PATH | --path-regex=REGEX] [--method=METHOD...]
@@ -72,7 +77,8 @@ Options:
   --load-balancing-policy=POLICY
                             roundrobin, random, leastconnections or poweroftwo.
   --weight=N                Backend weight, 0..1000 (default 100).
-  --path=PREFIX             Path prefix of an HTTP(S) route (default: every path).
+  --path=PREFIX             Path prefix of an HTTP(S) route (default: every path); for a
+                            health check, the path it requests (default: /).
   --path-equals=PATH        The route serves this path only (query excluded).
   --path-regex=REGEX        The route serves the paths this Python regex finds a match in.
   --method=METHOD           Serve only these methods (repeat the option for several).
@@ -83,6 +89,14 @@ Options:
   --request-header=EDIT     Header edit toward the backend: "set:NAME:VALUE",
                             "add:NAME:VALUE" or "remove:NAME" (repeat for several).
   --response-header=EDIT    The same, toward the client.
+  --protocol=PROTOCOL       Health check: http (a request, the default) or tcp (a connect).
+  --check-method=METHOD     Health check: the request's method (default: GET).
+  --expected-statuses=LIST  Health check: comma-separated statuses (default: any 2xx, 3xx).
+  --expected-body=TEXT      Health check: a text the answer's body must contain.
+  --interval=S              Health check: seconds between two checks (default 2).
+  --check-timeout=S         Health check: seconds a check may take (default 1).
+  --rise=N                  Health check: good checks in a row that bring a backend up (2).
+  --fall=N                  Health check: failed checks in a row that take it down (3).
   --domain=HOST             Host name, optionally followed by a path ("example.com/api").
   --certificate-chain=FILE  PEM file with one or more intermediate certificates.
   --fingerprint=HEX         SHA-256 of the certificate (DER), lower-case hex.
@@ -323,6 +337,31 @@ def _backend(a: dict) -> Command:
     return _proxy("ADD_BACKEND", data)
 
 
+def _backend_list(a: dict) -> Command:
+    return _proxy("QUERY", {"type": "BACKENDS"},
+                  renderer=lambda data: render.backends(data, a["--id"]))
+
+
+def _health_check(a: dict) -> Command:
+    if a["remove"]:
+        return _proxy("SET_HEALTH_CHECK", {"app_id": a["--id"], "health_check": None})
+    check: dict[str, Any] = {}
+    for flag, name in (("--protocol", "protocol"), ("--check-method", "method"), ("--path", "path"),
+                       ("--host", "host"), ("--expected-body", "expected_body")):
+        if a[flag] is not None:
+            check[name] = a[flag]
+    for flag, name in (("--interval", "interval"), ("--check-timeout", "timeout")):
+        if a[flag] is not None:
+            check[name] = _number(a, flag)
+    for flag, name in (("--rise", "rise"), ("--fall", "fall")):
+        if a[flag] is not None:
+            check[name] = _int(a, flag, minimum=1)
+    if a["--expected-statuses"] is not None:
+        check["expected_statuses"] = [_int({"--expected-statuses": v}, "--expected-statuses")
+                                      for v in re.split(r"[,\s]+", a["--expected-statuses"]) if v]
+    return _proxy("SET_HEALTH_CHECK", {"app_id": a["--id"], "health_check": check})
+
+
 def _frontend(a: dict) -> Command:
     kind = _protocol(a)
     data: dict[str, Any] = {"app_id": a["--id"], "address": a["--address"]}
@@ -447,8 +486,10 @@ BUILDERS: list[tuple[tuple[str, ...], Callable[[dict], Command]]] = [
     (("state", "dump"), _state_dump),
     (("application", "add"), _application_add),
     (("application", "remove"), _application_remove),
+    (("backend", "list"), _backend_list),
     (("backend",), _backend),
     (("frontend", "list"), _frontend_list),
+    (("health-check",), _health_check),
     (("frontend",), _frontend),
     (("certificate", "add"), _certificate_add),
     (("certificate", "remove"), _certificate_remove),
@@ -512,6 +553,13 @@ def _int(a: dict, flag: str, minimum: int | None = None) -> int | None:
     if minimum is not None and value < minimum:
         raise CliError(f"{flag} must be at least {minimum}, not {value}")
     return value
+
+
+def _number(a: dict, flag: str) -> float:
+    try:
+        return float(a[flag])
+    except ValueError:
+        raise CliError(f"{flag} expects a number of seconds, not {a[flag]!r}") from None
 
 
 def _read_text(path: str, what: str) -> str:

@@ -7,6 +7,7 @@ an older sozuctl fail to print.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -73,6 +74,50 @@ def status(data: Any) -> str:
         row = [w.get("id"), w.get("pid"), w.get("state"), w.get("restarts")]
         rows.append(row + ([w.get("generation")] if with_generation else []))
     return table(headers, rows)
+
+
+# --- backend list ----------------------------------------------------------------------------
+
+def backends(data: Any, app_id: str | None = None) -> str:
+    """One line per backend: its health as the master's checks and the workers' passive health
+    see it. A backend without active checks is "down" while a worker rests it after a failed
+    connect; the workers that do are named."""
+    data = _as_dict(data)
+    workers = _as_dict(data.get("workers"))
+    passive: dict[tuple, list] = {}
+    for worker_id, rows in sorted(workers.items(), key=lambda item: _worker_sort_key(item[0])):
+        for row in _as_list(rows):
+            row = _as_dict(row)
+            key = (row.get("app_id"), row.get("backend_id"), row.get("address"))
+            passive.setdefault(key, []).append((worker_id, row))
+    lines = []
+    for row in _as_list(data.get("master")):
+        row = _as_dict(row)
+        if app_id is not None and row.get("app_id") != app_id:
+            continue
+        key = (row.get("app_id"), row.get("backend_id"), row.get("address"))
+        resting = [(w, r) for w, r in passive.get(key, []) if r.get("resting")]
+        check = _as_dict(row.get("check"))
+        if row.get("checked"):
+            health = "up" if row.get("up") else "down"
+            error = row.get("reason") or check.get("last_error")
+        elif resting:
+            health = f"down (passive, worker {','.join(str(w) for w, _ in resting)})"
+            error = resting[0][1].get("last_error")
+        else:
+            health = "up"
+            error = next((r.get("last_error") for _, r in passive.get(key, []) if r.get("last_error")), None)
+        since = row.get("since")
+        lines.append([row.get("app_id"), row.get("backend_id"), row.get("address"),
+                      "yes" if row.get("backup") else "no",
+                      "active" if row.get("checked") else "passive", health,
+                      _time(since) if isinstance(since, (int, float)) else None, error])
+    return table(["APPLICATION", "BACKEND", "ADDRESS", "BACKUP", "CHECKS", "HEALTH", "SINCE",
+                  "LAST ERROR"], lines)
+
+
+def _time(stamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
 
 
 # --- metrics ---------------------------------------------------------------------------------

@@ -480,7 +480,7 @@ def test_bad_usage_exits_1(peer, config, capsys, argv):
 def test_usage_error_shows_the_usage_of_that_command(config, capsys):
     _, _, err = run(config, "backend", "add", "--id=A", capsys=capsys)
     lines = err.splitlines()[1:]
-    assert len(lines) == 2 and all("sozuctl [options] backend" in line for line in lines)
+    assert len(lines) == 3 and all("sozuctl [options] backend" in line for line in lines)
 
 
 def test_help_and_version(capsys):
