@@ -1,8 +1,15 @@
-"""Per-worker counters and a request-time histogram (pure).
+"""Per-worker counters and time histograms, per application and backend (pure).
 
-Counters are plain integers in a dict: one increment per event, no locks (a worker is one thread).
-Request times go into fixed logarithmic buckets, so percentiles cost nothing per request and a
-worker's memory stays flat however long it runs. The master sums workers' snapshots.
+Counters are plain integers: one increment per event, no locks (a worker is one thread). Each
+finished request adds to one row of counters, the row of its (application, backend) pair, and
+to its application's histograms; the worker-wide totals are sums of the rows, made only when a
+snapshot is taken, so a request costs no more than it did before there were labels.
+
+Times go into fixed logarithmic buckets (with their sum, as Prometheus histograms have), so
+percentiles cost nothing per request and a worker's memory stays flat however long it runs:
+the request time (from its first byte to the end of its answer) and the backend time (from the
+backend connection being ready to the head of its answer). The master sums workers' snapshots
+(`aggregate`).
 """
 from __future__ import annotations
 
@@ -17,6 +24,20 @@ CORE_COUNTERS = ("requests", "status_1xx", "status_2xx", "status_3xx", "status_4
 
 # Index: status // 100 (0 when no status was sent)
 STATUS_CLASSES = ("status_none", "status_1xx", "status_2xx", "status_3xx", "status_4xx", "status_5xx")
+# One row of counters per (application, backend): requests, one count per status class, bytes.
+ROW = ("requests", *STATUS_CLASSES, "bytes_in", "bytes_out")
+_BYTES_IN, _BYTES_OUT = ROW.index("bytes_in"), ROW.index("bytes_out")
+NO_APPLICATION = "-"  # what a request that reached no application is counted under
+
+
+class _Times:
+    __slots__ = ("request", "request_sum", "backend", "backend_sum")
+
+    def __init__(self):
+        self.request = [0] * (len(BUCKETS_MS) + 1)
+        self.request_sum = 0.0
+        self.backend = [0] * (len(BUCKETS_MS) + 1)
+        self.backend_sum = 0.0
 
 
 class Metrics:
@@ -25,36 +46,76 @@ class Metrics:
 
     def clear(self) -> None:
         self.counters: dict[str, int] = dict.fromkeys(CORE_COUNTERS, 0)
-        # What every request adds to: attributes and a list, cheaper than dict updates; they
-        # join the counters in a snapshot.
-        self.requests = self.bytes_in = self.bytes_out = 0
-        self.status_classes = [0] * len(STATUS_CLASSES)
-        self.request_times = [0] * (len(BUCKETS_MS) + 1)
+        self.rows: dict[tuple[str, str], list[int]] = {}
+        self.times: dict[str, _Times] = {}
+        self.connect_errors: dict[tuple[str, str], int] = {}  # (application, backend address)
+        self.retries: dict[str, int] = {}                     # application -> next backend tried
 
     def incr(self, name: str, value: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + value
 
     def record(self, exchange) -> None:
-        """One finished request: its status class, bytes and time."""
-        self.requests += 1
-        self.bytes_in += exchange.bytes_in
-        self.bytes_out += exchange.bytes_out
+        """One finished request: its status class, bytes and times."""
+        app_id = exchange.app_id
+        key = (app_id, exchange.backend)
+        row = self.rows.get(key)
+        if row is None:
+            row = self.rows[key] = [0] * len(ROW)
+        row[0] += 1
         status = exchange.status
-        self.status_classes[status // 100 if 100 <= status < 600 else 0] += 1
-        self.request_times[bisect.bisect_left(BUCKETS_MS, exchange.duration_ms())] += 1
+        row[status // 100 + 1 if 100 <= status < 600 else 1] += 1
+        row[_BYTES_IN] += exchange.bytes_in
+        row[_BYTES_OUT] += exchange.bytes_out
+        times = self.times.get(app_id)
+        if times is None:
+            times = self.times[app_id] = _Times()
+        duration = exchange.duration_ms()
+        times.request[bisect.bisect_left(BUCKETS_MS, duration)] += 1
+        times.request_sum += duration
+        if exchange.first_byte:
+            waited = (exchange.first_byte - exchange.connected) * 1000
+            times.backend[bisect.bisect_left(BUCKETS_MS, waited)] += 1
+            times.backend_sum += waited
+
+    def connect_error(self, app_id: str, address: str, retried: bool) -> None:
+        """A backend connect failed; `retried` when another backend is tried next."""
+        self.counters["backend_connect_errors"] += 1
+        key = (app_id, address)
+        self.connect_errors[key] = self.connect_errors.get(key, 0) + 1
+        if retried:
+            self.retries[app_id] = self.retries.get(app_id, 0) + 1
 
     def snapshot(self, gauges: dict[str, int] | None = None) -> dict:
         data = dict(self.counters)
-        data["requests"] += self.requests
-        data["bytes_in"] += self.bytes_in
-        data["bytes_out"] += self.bytes_out
-        for name, count in zip(STATUS_CLASSES, self.status_classes):
-            if count:
-                data[name] = data.get(name, 0) + count
+        applications: dict[str, dict] = {}
+        for (app_id, backend), row in self.rows.items():
+            for name, count in zip(ROW, row):
+                if count or name in CORE_COUNTERS:
+                    data[name] = data.get(name, 0) + count
+            backends = _application(applications, app_id)["backends"]
+            backends[backend] = {name: count for name, count in zip(ROW, row) if count}
+        for (app_id, backend), count in self.connect_errors.items():
+            _application(applications, app_id)["backends"].setdefault(backend, {})["connect_errors"] = count
+        for app_id, count in self.retries.items():
+            _application(applications, app_id)["retries"] = count
+        buckets = [0] * (len(BUCKETS_MS) + 1)
+        for app_id, times in self.times.items():
+            buckets = [a + b for a, b in zip(buckets, times.request)]
+            _application(applications, app_id).update(
+                request_time_buckets=list(times.request), request_time_sum_ms=times.request_sum,
+                backend_time_buckets=list(times.backend), backend_time_sum_ms=times.backend_sum)
         if gauges:
             data.update(gauges)
-        data["request_time_buckets"] = list(self.request_times)
+        data["request_time_buckets"] = buckets
+        data["applications"] = applications
         return data
+
+
+def _application(applications: dict, app_id: str) -> dict:
+    found = applications.get(app_id)
+    if found is None:
+        found = applications[app_id] = {"backends": {}}
+    return found
 
 
 def percentiles(buckets: list[int]) -> dict[str, float | None]:
@@ -77,15 +138,25 @@ def percentiles(buckets: list[int]) -> dict[str, float | None]:
     return result
 
 
+def merge(total: dict, snapshot: dict) -> dict:
+    """Add a snapshot into `total`: numbers add up, lists (histograms) bucket by bucket, and
+    tables (applications, backends) key by key."""
+    for name, value in snapshot.items():
+        mine = total.get(name)
+        if isinstance(value, dict):
+            total[name] = merge(mine if isinstance(mine, dict) else {}, value)
+        elif isinstance(value, list):
+            total[name] = [a + b for a, b in zip(mine, value)] if isinstance(mine, list) else list(value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            total[name] = (mine or 0) + value
+    return total
+
+
 def aggregate(snapshots: dict[str, dict]) -> dict:
-    """Sum the workers' snapshots; histogram buckets add up too."""
+    """Sum the workers' snapshots; the request time histogram becomes its percentiles."""
     total: dict = {}
-    buckets = [0] * (len(BUCKETS_MS) + 1)
     for snapshot in snapshots.values():
-        for name, value in snapshot.items():
-            if name == "request_time_buckets":
-                buckets = [a + b for a, b in zip(buckets, value)]
-            else:
-                total[name] = total.get(name, 0) + value
+        merge(total, snapshot)
+    buckets = total.pop("request_time_buckets", None) or [0] * (len(BUCKETS_MS) + 1)
     total.update(percentiles(buckets))
     return total

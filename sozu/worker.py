@@ -148,7 +148,7 @@ class Worker:
                 connection = open_connection(backend.address)
             except OSError as error:
                 backends.release(backend)
-                self.metrics.incr("backend_connect_errors")
+                self.metrics.connect_error(app_id, backend.address, retried=len(tried) < len(backends))
                 # The time of the failure, not of the pick: a connect that timed out after the
                 # first backoff (1 s) would otherwise leave the backend already up again.
                 if backends.mark_failure(backend, time.monotonic(), str(error)):

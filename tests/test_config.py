@@ -16,6 +16,7 @@ import pytest
 
 from sozu import config
 from sozu.config import ConfigError, load, parse
+from sozu.messages import health_check
 from sozu.messages import Order
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -809,6 +810,7 @@ def test_default_config_documents_only_known_keys():
     schemas = (config.Config, config.ListenerConfig, config.ApplicationConfig, config.FrontendConfig,
                config.BackendConfig)
     known = {f.name for schema in schemas for f in dataclasses.fields(schema)}
+    known |= set(health_check({}))  # [applications.NAME.health_check]
     top_keys = {f.name for f in dataclasses.fields(config.Config)} - {"path", "listeners", "applications", "explicit"}
     text = (ROOT / "conf" / "config.toml").read_text()
     documented = set(re.findall(r"^(?:# )?([a-z_0-9]+) = ", text, re.M))

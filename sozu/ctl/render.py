@@ -123,11 +123,39 @@ def _time(stamp: float) -> str:
 # --- metrics ---------------------------------------------------------------------------------
 
 def metrics(data: Any) -> str:
+    """The counters, a column per worker and the total; then, per application and backend,
+    the totals of their requests (`--json` has each worker's too)."""
     data = _as_dict(data)
     workers = _as_dict(data.get("workers"))
     total = _as_dict(data.get("total"))
-    workers = {w: _with_percentiles(_as_dict(c)) for w, c in workers.items()}
-    total = _with_percentiles(total)
+    workers = {w: _with_percentiles(_without_applications(c)) for w, c in workers.items()}
+    applications = _as_dict(total.get("applications"))
+    total = _with_percentiles(_without_applications(total))
+    text = _counters_table(workers, total)
+    if applications:
+        text += "\n\n" + _applications_table(applications)
+    return text
+
+
+_APPLICATION_COLUMNS = ("requests", "status_2xx", "status_3xx", "status_4xx", "status_5xx",
+                        "bytes_in", "bytes_out", "connect_errors")
+
+
+def _without_applications(counters: Any) -> dict:
+    return {k: v for k, v in _as_dict(counters).items() if k != "applications"}
+
+
+def _applications_table(applications: dict) -> str:
+    rows = []
+    for app_id, app in sorted(applications.items()):
+        for backend, counts in sorted(_as_dict(_as_dict(app).get("backends")).items()):
+            counts = _as_dict(counts)
+            rows.append([app_id, backend] + [counts.get(name, 0) for name in _APPLICATION_COLUMNS])
+    return table(["APPLICATION", "BACKEND", "REQUESTS", "2XX", "3XX", "4XX", "5XX", "BYTES IN",
+                  "BYTES OUT", "CONNECT ERRORS"], rows)
+
+
+def _counters_table(workers: dict, total: dict) -> str:
     worker_ids = sorted(workers, key=_worker_sort_key)
     names = set(total)
     for counters in workers.values():

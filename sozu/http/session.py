@@ -131,7 +131,7 @@ class Exchange:
     """What the access log and metrics say about one request."""
 
     __slots__ = ("start", "method", "host", "path", "status", "backend", "bytes_in", "bytes_out", "app_id",
-                 "rewritten")
+                 "rewritten", "connected", "first_byte")
 
     def __init__(self, method=b"-", host="-", path=b"-"):
         self.start = time.monotonic()
@@ -141,6 +141,8 @@ class Exchange:
         self.bytes_in = self.bytes_out = 0
         self.app_id = "-"
         self.rewritten = None  # host and path sent to the backend, when a front rewrote them
+        self.connected = 0.0   # when the backend connection was ready (monotonic), if ever
+        self.first_byte = 0.0  # when the backend's answer head was read, if ever
 
     def duration_ms(self) -> float:
         return (time.monotonic() - self.start) * 1000
@@ -351,6 +353,7 @@ class HttpSession:
         if backend is None:
             raise Answer(503, "no backend could be reached")
         self.exchange.backend = backend.address
+        self.exchange.connected = monotonic()
         if not reused and application["proxy_protocol"] in SENDS_PROXY:
             connection.private = True
             self.send_proxy_header(connection, application.get("send_proxy_version", 2))
@@ -522,6 +525,7 @@ class HttpSession:
                 self.client_send(headers.response_head(response, self.request_id, True, False))  # 102, 103
         exchange = self.exchange
         exchange.status = response.status
+        exchange.first_byte = monotonic()
         upgrade = response.status == 101 and head.upgrade is not None
         if response.status == 101 and not upgrade:
             raise Answer(502, "the backend switched protocols without being asked to")
