@@ -68,8 +68,12 @@ def test_metrics(proxy, backends):
     assert rows["requests"] == ["0", "0", "0"]  # before any request: there, at zero
     statuses = [get(proxy.port, "localhost")[0] for _ in range(8)] + [get(proxy.port, "nowhere")[0]]
     assert statuses == [200] * 8 + [404]
-    rows = {r[0]: r[1:] for r in table(ctl(proxy, "metrics").stdout)}
+    counters, per_backend = ctl(proxy, "metrics").stdout.split("\n\n")
+    rows = {r[0]: r[1:] for r in table(counters)}
     assert rows["METRIC"] == ["WORKER", "0", "WORKER", "1", "TOTAL"]
+    by_backend = {(r[0], r[1]): r[2:] for r in table(per_backend)}
+    assert by_backend[("app", f"127.0.0.1:{backends[0].port}")][:2] == ["8", "8"]  # requests, 2xx
+    assert by_backend[("-", "-")][3] == "1"  # the 404 reached no application
     for name in ("requests", "status_2xx", "status_4xx", "bytes_in", "bytes_out", "active_connections",
                  "backend_connect_errors", "p50_ms", "p99_ms"):
         assert name in rows, name
