@@ -576,7 +576,6 @@ _NAMES = _list_of(_hostname, unique=True)
 # Active health checks (docs/health-checks.md). Times are seconds (numbers); a check must end
 # before the next one begins, so the timeout is at most the interval.
 HEALTH_CHECK_PROTOCOLS = ("http", "tcp")
-_METHOD = re.compile(r"[A-Z]{1,16}\Z")
 _CHECK_PATH = re.compile(r"/[!-~]*\Z")
 
 
@@ -588,12 +587,6 @@ def _seconds(low: float, high: float) -> Checker:
             raise _bad(expected, v)
         return float(v)
     return check
-
-
-def _method(v: Any) -> str:
-    if type(v) is not str or not _METHOD.match(v):
-        raise _bad('an upper-case HTTP method like "GET" or "HEAD"', v)
-    return v
 
 
 def _check_path(v: Any) -> str:

@@ -579,7 +579,7 @@ def test_arbitrary_json_is_a_request_or_a_message_error(data, kind):
     ({"interval": 0}, "data.health_check.interval: expected a number of seconds 0.1..3600"),
     ({"interval": True}, "data.health_check.interval: expected a number of seconds"),
     ({"protocol": "udp"}, 'data.health_check.protocol: expected one of "http", "tcp"'),
-    ({"method": "get"}, "data.health_check.method: expected an upper-case HTTP method"),
+    ({"method": "G T"}, 'data.health_check.method: expected an HTTP method like "GET"'),
     ({"path": "health"}, 'data.health_check.path: expected a path starting with "/"'),
     ({"expected_statuses": [200, 600]}, "data.health_check.expected_statuses[1]: expected an integer"),
     ({"rise": 0}, "data.health_check.rise: expected an integer 1..100"),
