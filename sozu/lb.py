@@ -166,12 +166,13 @@ class Backend:
 class BackendSet:
     """The backends of one application, with its load-balancing policy."""
 
-    __slots__ = ("policy", "_members", "_sticky", "_rng")
+    __slots__ = ("policy", "_members", "_sticky", "_rng", "_source")
 
     def __init__(
         self, policy: str, backends: Iterable[Mapping[str, Any]], rng: random.Random
     ) -> None:
         self._rng = rng
+        self._source: tuple | None = None
         self._members: list[Backend] = []
         self._sticky: dict[str, list[Backend]] = {}
         self.policy = DEFAULT_POLICY
@@ -182,7 +183,15 @@ class BackendSet:
         """Apply a state change (ADD_BACKEND data list, and the health checks' verdicts by
         (backend_id, address)): keep the objects of the backends that remain, add new ones,
         retire the removed ones. The same identity twice: the later settings win, the first
-        position stays."""
+        position stays. The same policy, backend settings and verdicts as last time change
+        nothing: a worker with thousands of applications updates them all after every order,
+        and the state replaces a backend's dict when it changes, so this comparison is mostly
+        one of identities."""
+        backends = tuple(backends)
+        source = (policy, backends, health or None)
+        if source == self._source:
+            return
+        self._source = source
         self.policy = normalise_policy(policy)
         previous = {backend.key: backend for backend in self._members}
         members: dict[tuple[str, str], Backend] = {}

@@ -359,6 +359,19 @@ def test_balancer_default_rng():
     assert balancer.backends("x").pick(NOW).backend_id == "b"
 
 
+def test_an_unchanged_set_is_not_rebuilt_and_a_replaced_setting_is_applied():
+    backends = [backend("b1", 10), backend("b2", 20)]
+    s = make("RoundRobin", *backends)
+    members = list(s)
+    s.update("RoundRobin", list(backends))  # the same dicts: nothing to do
+    assert list(s) == members and [b.weight for b in s] == [10, 20]
+    backends[1] = backend("b2", 30)  # the state replaces a backend's dict when it changes
+    s.update("RoundRobin", iter(backends))
+    assert list(s) == members and [b.weight for b in s] == [10, 30]
+    s.update("Random", iter(backends))
+    assert s.policy == "Random"
+
+
 # --- properties -------------------------------------------------------------------------
 
 weights_strategy = st.lists(st.integers(min_value=0, max_value=12), min_size=1, max_size=6)
