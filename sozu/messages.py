@@ -400,15 +400,17 @@ def _methods(v: Any) -> list[str]:
 def _host_port(v: Any) -> str:
     """A host name or IP literal, optionally with a port: what a Host header may say."""
     if type(v) is str:
-        host, colon, port = v.rpartition(":") if not v.endswith("]") else (v, "", "")
-        if not colon:
-            host = v
+        host, port = v, None
+        if ":" in v and not v.endswith("]"):  # "name:port" or "[v6]:port"
+            host, _, port = v.rpartition(":")
         try:
-            if not colon or (port.isdigit() and 1 <= int(port) <= 65535 and port[0] != "0"):
-                name = normalize_hostname(host, wildcard=False)
-                return f"{name}:{port}" if colon else name
+            name = normalize_hostname(host, wildcard=False)
         except ValueError:
-            pass
+            name = None
+        if name is not None and port is None:
+            return name
+        if name is not None and port.isdigit() and port[0] != "0" and int(port) <= 65535:
+            return f"{name}:{port}"
     raise _bad('a host name, optionally with a port ("example.com", "example.com:8080")', v)
 
 

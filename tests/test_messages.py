@@ -596,3 +596,50 @@ def test_health_check_statuses_are_sorted_and_unique():
     o = order("SET_HEALTH_CHECK", {"app_id": "A", "health_check": {"expected_statuses": [204, 200, 204]}})
     assert o.data["health_check"]["expected_statuses"] == [200, 204]
     assert order("SET_HEALTH_CHECK", {"app_id": "A"}).data == {"app_id": "A", "health_check": None}
+
+
+# --- frontend rules (docs/routing.md) ---------------------------------------------------------
+
+FRONT = {"app_id": "A", "address": "127.0.0.1:8080", "hostname": "a.com"}
+
+
+def test_front_rules_normal_form():
+    plain = order("ADD_HTTP_FRONT", FRONT)
+    assert plain.data == {**FRONT, "path_begin": ""}  # no rule: Sozu 0.11's shape
+    prefix = order("ADD_HTTP_FRONT", {**FRONT, "path": {"value": "/api"}})
+    assert prefix.data == {**FRONT, "path_begin": "/api"}
+    full = order("ADD_HTTP_FRONT", {
+        **FRONT, "path": {"kind": "regex", "value": "^/u/(?P<id>[0-9]+)$"}, "methods": ["post", "GET", "get"],
+        "redirect": {"status": 308, "host": "B.com:8443"},
+        "rewrite": {"path_regex": "^/u/(?P<id>[0-9]+)$", "path_replacement": r"/user/\g<id>"},
+        "request_headers": [{"action": "add", "name": "X-A", "value": "1"}], "response_headers": []})
+    assert full.data["path"] == {"kind": "REGEX", "value": "^/u/(?P<id>[0-9]+)$"}
+    assert full.data["methods"] == ["GET", "POST"]
+    assert full.data["redirect"] == {"status": 308, "scheme": None, "host": "b.com:8443", "port": None,
+                                     "path": None, "query": None}
+    assert full.data["request_headers"] == [{"action": "ADD", "name": "X-A", "value": "1"}]
+    assert "response_headers" not in full.data
+    assert Order.from_json(full.to_json()) == full
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"path": {"kind": "REGEX", "value": "(?u)x"}}, "data.path.value: bad regular expression"),  # bytes
+    ({"path": {"kind": "EQUALS", "value": "no-slash"}}, "data.path.value: expected a path"),
+    ({"path_begin": "/a", "path": {"kind": "EQUALS", "value": "/a"}}, "data.path: give either"),
+    ({"methods": ["G E T"]}, "data.methods[0]: expected an HTTP method"),
+    ({"redirect": {"scheme": "ftp"}}, "data.redirect.scheme"),
+    ({"redirect": {"host": "a.com:"}}, "data.redirect.host"),
+    ({"redirect": {"path": "/a b"}}, "data.redirect.path"),
+    ({"redirect": {"query": "?a"}}, "data.redirect.query"),
+    ({"rewrite": {"path_regex": "^/a"}}, "data.rewrite.path_replacement: path_regex and path_replacement go together"),
+    ({"rewrite": {"path_regex": "(?P<a>x)", "path_replacement": r"\g<b>"}}, "data.rewrite.path_replacement: bad"),
+    ({"request_headers": [{"action": "SET", "name": "Host", "value": "b"}]}, "use rewrite.host"),
+    ({"request_headers": [{"action": "SET", "name": "Sozu-Id", "value": "b"}]}, "set by sozu itself"),
+    ({"response_headers": [{"action": "REMOVE", "name": "Server", "value": "x"}]}, "a REMOVE edit has no value"),
+    ({"response_headers": [{"action": "SET", "name": "Proxy-Authenticate", "value": "x"}]}, "hop-by-hop"),
+    ({"response_headers": [{"action": "SET", "name": "X-A", "value": " x"}]}, "surrounding spaces"),
+])
+def test_bad_front_rules_name_their_field(fields, message):
+    with pytest.raises(MessageError) as error:
+        Order.from_json({"type": "ADD_HTTP_FRONT", "data": {**FRONT, **fields}})
+    assert message in str(error.value)

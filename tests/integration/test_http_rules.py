@@ -212,3 +212,47 @@ def test_custom_answers_per_listener_and_application(tmp_path, sozu, backend):
     assert {"app_id": "up", "answer_502": page}.items() <= next(a for a in kept if a["app_id"] == "up").items()
     listener = next(o.data for o in load_orders(saved.read_bytes()) if o.type == "ADD_HTTP_LISTENER")
     assert listener["answer_408"].startswith("HTTP/1.1 408")
+
+
+# --- the same rules on an https listener ----------------------------------------------------------
+
+def test_rules_on_an_https_listener(tmp_path, sozu, backend):
+    import subprocess
+
+    from tests.integration.certs import TestCA
+    ca = TestCA(tmp_path / "pki")
+    leaf = ca.issue(["r.test"])
+    b = backend("tls")
+    port = free_port()
+    regex = ('path = "^/v([0-9])/(.*)$", path_type = "REGEX", '
+             'rewrite = { path_regex = "^/v([0-9])/(.*)$", path_replacement = "/\\\\2?version=\\\\1" }, '
+             'response_headers = [ { action = "set", name = "Strict-Transport-Security", value = "max-age=60" } ]')
+    sozu(f"""
+command_socket = "{tmp_path}/sozu.sock"
+worker_count = 1
+log_access_target = "off"
+
+[[listeners]]
+protocol = "https"
+address = "127.0.0.1:{port}"
+
+[applications.web]
+frontends = [
+  {{ address = "127.0.0.1:{port}", hostname = "r.test", certificate = "{leaf.cert_path}", key = "{leaf.key_path}", {regex} }},
+  {{ address = "127.0.0.1:{port}", hostname = "r.test", path = "/old", path_type = "EQUALS", redirect = {{ status = 301, path = "/new" }} }},
+]
+backends = [ "127.0.0.1:{b.port}" ]
+""")
+
+    def curl(path: str) -> str:
+        done = subprocess.run(["curl", "-sS", "-i", "--max-time", "10", "--cacert", str(ca.path),
+                               "--resolve", f"r.test:{port}:127.0.0.1", f"https://r.test:{port}{path}"],
+                              capture_output=True, text=True, timeout=15)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    served = curl("/v2/items")
+    assert "strict-transport-security: max-age=60" in served.lower()
+    assert json.loads(served.split("\n\n", 1)[1])["path"] == "/items?version=2"  # text=True: LF
+    moved = curl("/old")
+    assert moved.startswith("HTTP/1.1 301 ") and f"Location: https://r.test:{port}/new\n" in moved
