@@ -92,8 +92,9 @@ class FrontendConfig:
     address: str
     hostname: str | None = None        # lower-case; None for tcp
     path_begin: str = ""
-    # Routing rules (docs/routing.md), as in ADD_HTTP_FRONT; `path` and `path_type` are Sozu 2's
-    # spelling of its `path: {kind, value}`. The normalised order fields land in `rules`.
+    # Routing rules (docs/routing.md): these fields name the TOML keys only; what they say is
+    # checked by the order schema and kept, normalised as in ADD_HTTP_FRONT, in `rules`.
+    # `path` with `path_type` is Sozu 2's spelling of its `path: {kind, value}`.
     path: str | None = None
     path_type: str = "PREFIX"
     methods: tuple[str, ...] = ()

@@ -80,6 +80,7 @@ REPARSE_GROWTH = 4096
 # (bytes of that size are allocated without being filled, and shrunk to what arrived.)
 RESPONSE_READ_PIECES = 5
 LINGER_SECONDS = 2.0  # the longest an error answer waits for the client to stop sending
+ROUTINE = frozenset((301, 302, 307, 308, 404))  # answers logged at debug level: redirects, no route
 
 
 def _new_request_ids() -> None:
@@ -210,6 +211,7 @@ class HttpSession:
             head, used = parsed
             del self.buf[:used]
             self.exchange = Exchange(head.method, head.host, head.path)
+            self.request_id = b"-"  # until a backend is asked (or an error answer needs one)
             self.exchange.bytes_in = used
             self.proxy(head)
             self.finish_exchange()
@@ -693,7 +695,7 @@ def serve(ctx, listener, sock, client_address) -> None:
         if not session.response_started:
             _send_error(session, answer.status, answer.body or session.error_answer(answer.status, answer.detail))
         level = (logging.WARNING if answer.status >= 500 else
-                 logging.DEBUG if answer.status in (301, 404) else logging.INFO)  # 301/404: routine
+                 logging.DEBUG if answer.status in ROUTINE else logging.INFO)
         log.log(level, "%s: %d %s", _describe(session), answer.status, answer.detail)
     except ClientGone as gone:
         log.debug("%s: connection ended: %s", _describe(session), gone)

@@ -198,7 +198,13 @@ def test_custom_answers_per_listener_and_application(tmp_path, sozu, backend):
         while chunk := sock.recv(65536):
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n") and b"too slow: The request" in answer
-    assert request(port, "GET", "/", host="up.test").status == 200
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    served = request(port, "GET", "/", host="up.test", conn=conn)
+    after = request(port, "GET", "/", host="nowhere.test", conn=conn)  # the same connection
+    assert served.status == 200 and after.status == 404
+    assert served.header("Sozu-Id").encode() not in after.body  # an id of its own
+    conn.close()
 
     # At runtime: refused when not an HTTP answer, kept in the saved state when it is one.
     refused = proxy.order("ADD_APPLICATION", {"app_id": "up", "answer_502": "<html>oops</html>\n\n"})
