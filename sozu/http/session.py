@@ -349,6 +349,10 @@ class HttpSession:
         """(backend, connection, reused) for the application (the worker's connect_backend):
         an idle pooled connection unless `fresh`, else a new one; 503 when none is reached."""
         ctx, listener = self.ctx, self.listener
+        # The connect has its own bound (connect_timeout): the deadline of the state before it
+        # (request_timeout of a head, back_timeout of a request sent to a stale connection)
+        # thrown into it would mark a healthy backend down, or cut a report to the master.
+        ctx.deadlines.disarm(self)
         reuse = None if fresh else (lambda backend: ctx.backend_pool.get(backend.address, replayable))
         backend, connection, reused = ctx.connect_backend(
             app_id, lambda address: self.open_backend(address, listener.connect_timeout), sticky_id, reuse)
