@@ -13,7 +13,8 @@ setup(
         "python-prctl>=1.8",
         'tomli>=2.0; python_version < "3.11"',
     ],
-    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"]},
+    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100",
+                             "prometheus_client>=0.17"]},
     entry_points={
         "console_scripts": [
             "sozu = sozu.cli:main",

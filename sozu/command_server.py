@@ -72,6 +72,16 @@ class Client:
             del self.outbox[:sent]
 
 
+class _Callback:
+    """A Task's client that is a function of the answer's data, not a command connection."""
+
+    def __init__(self, on_done):
+        self.on_done = on_done
+
+    def send(self, answer: dict) -> None:
+        self.on_done(answer.get("data") or {})
+
+
 def _answer(request_id, status: str, message: str = "", data=None) -> dict:
     return {"id": request_id, "version": 0, "status": status, "message": message, "data": data}
 
@@ -102,6 +112,7 @@ class CommandServer:
         self.clients: dict[int, Client] = {}
         self.tasks: dict[str, Task] = {}  # channel message id -> task
         self.ids = itertools.count()
+        self.orders_applied = 0  # state orders applied by the master: a metric
 
     # -- the socket --------------------------------------------------------------------------
     @classmethod
@@ -324,6 +335,7 @@ class CommandServer:
                                  f"{error.strerror or error}") from None
         try:
             self.master.state.dispatch(order)
+            self.orders_applied += 1
         except StateError:
             if bound is not None:
                 self.master.close_listener_socket(bound)
@@ -411,6 +423,12 @@ class CommandServer:
         if errors:
             return _answer(task.request_id, "ERROR", "; ".join(errors))
         return _answer(task.request_id, "OK", f"{task.kind} applied by {len(task.answers)} workers")
+
+    def collect_metrics(self, on_done) -> None:
+        """The workers' metrics, merged as `sozuctl metrics` shows them, for on_done(data) once
+        every worker answered or the command timeout passed (the Prometheus endpoint)."""
+        self.fan_out(_Callback(on_done), f"metrics-{next(self.ids)}", [Order("METRICS", None)],
+                     self._finish_metrics)
 
     def _finish_metrics(self, task: Task, missing) -> dict:
         workers = {str(wid): a.get("data") or {} for wid, a in task.answers.items() if a.get("status") == "OK"}

@@ -140,6 +140,16 @@ class ApplicationConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """[metrics]: where the figures go (docs/metrics.md); nothing unless set."""
+    prometheus: str | None = None      # IP:PORT answering GET /metrics
+    address: str | None = None         # statsd: IP:PORT receiving UDP datagrams
+    prefix: str = "sozu"               # statsd: of every metric name
+    tagged_metrics: bool = False       # statsd: labels as DogStatsD tags, else in the names
+    flush_interval: int = 1            # statsd: seconds between two sends
+
+
+@dataclass(frozen=True)
 class Config:
     path: str                          # absolute path of the file
     command_socket: str                # absolute
@@ -166,6 +176,7 @@ class Config:
     max_command_message_size: int = 1_000_000  # bytes: one command-socket message
     listeners: tuple[ListenerConfig, ...] = ()
     applications: tuple[ApplicationConfig, ...] = ()
+    metrics: MetricsConfig = MetricsConfig()
     explicit: frozenset[str] = frozenset()  # the top-level keys the file sets (not a TOML key)
 
     def to_orders(self) -> list[Order]:
@@ -301,7 +312,24 @@ def parse(text: str, path: str) -> Config:
     settings["chroot"] = top.path("chroot", None, empty_is_none=True)
     listeners = _parse_listeners(top, settings)
     applications = _parse_applications(top, {listener.address: listener for listener in listeners})
-    return Config(listeners=listeners, applications=applications, explicit=frozenset(data), **settings)
+    return Config(listeners=listeners, applications=applications, metrics=_parse_metrics(top),
+                  explicit=frozenset(data), **settings)
+
+
+_STATSD_PREFIX = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+
+
+def _parse_metrics(top: _Table) -> MetricsConfig:
+    value = top.data.get("metrics", {})
+    if not isinstance(value, dict):
+        raise top.error("metrics", "wrong type", value, "a table [metrics]")
+    table = _Table(top.ctx, value, "metrics", MetricsConfig)
+    return MetricsConfig(
+        prometheus=table.address("prometheus", connectable=False) if "prometheus" in value else None,
+        address=table.address("address", connectable=True) if "address" in value else None,
+        prefix=table.string("prefix", expected="letters, digits, '_', '.' or '-'", pattern=_STATSD_PREFIX),
+        tagged_metrics=table.boolean("tagged_metrics"),
+        flush_interval=table.integer("flush_interval", 1, 3600, unit=" (seconds)"))
 
 
 def parse_log_filter(text: str) -> tuple[str | None, tuple[tuple[str, str], ...]]:

@@ -41,6 +41,9 @@ from sozu import listeners, systemd
 from sozu.capacity import LoadBoard
 from sozu.channel import ChannelClosed, MasterChannel
 from sozu.health.checker import HealthChecker
+from sozu.metrics_server import MetricsServer
+from sozu.prometheus import render as render_prometheus
+from sozu.statsd import StatsdSender
 from sozu.messages import MessageError
 from sozu.state import StateError, answer_query
 
@@ -105,6 +108,10 @@ class Master:
         self.last_ping = 0.0
         self.health = HealthChecker(self.selector, self.apply_health)
         self._health_ids = itertools.count()
+        self.health_changes = 0
+        self.worker_upgrades = 0
+        self.metrics_server: MetricsServer | None = None
+        self.statsd: StatsdSender | None = None
         self._wakeup_r, self._wakeup_w = os.pipe()
         os.set_blocking(self._wakeup_r, False)
         os.set_blocking(self._wakeup_w, False)
@@ -119,6 +126,7 @@ class Master:
             # upgrade failed, and a second upgrade must reach the master that refuses it.
             self.command_server.register(self.selector)
         log.info("master %d starting %d workers (generation %d)", os.getpid(), len(self.slots), self.generation)
+        self.serve_metrics()
         while True:
             try:
                 self.handle_signals()
@@ -134,6 +142,10 @@ class Master:
                     self.command_server.expire(now)
                 if self.upgrade is not None:
                     self.upgrade.check(now)
+                if self.metrics_server is not None:
+                    self.metrics_server.expire(now)
+                if self.statsd is not None:
+                    self.statsd.tick(now)
                 self.check_heartbeats(now)
             except Exception:  # the master loop edge: log, keep supervising
                 log.exception("error in the master loop; continuing")
@@ -239,7 +251,11 @@ class Master:
             worker.channel.close()
         if self.command_server is not None:
             self.command_server.close_in_child()
-        self.health.close()
+        self.health.close_in_child()
+        if self.metrics_server is not None:
+            self.metrics_server.close_in_child()
+        if self.statsd is not None:
+            self.statsd.close()
         self.selector.close()
         os.close(self._wakeup_r)
         os.close(self._wakeup_w)
@@ -456,6 +472,7 @@ class Master:
         if new is None:
             raise MessageError(f"could not fork a new worker {worker_id}")
         slot.restarts += 1
+        self.worker_upgrades += 1
         new.restarts = slot.restarts
         new.replaces = olds[0]
         new.on_ready = on_done
@@ -513,10 +530,48 @@ class Master:
         except StateError as error:  # the backend went away while its check ran
             log.debug("health verdict dropped: %s", error)
             return
+        self.health_changes += 1
         message = {"id": f"health-{next(self._health_ids)}", "type": "PROXY", "data": order.to_json()}
         for worker in list(self.workers.values()):
             if worker.state != "stopping":
                 self.send_to_worker(worker, message)
+
+    # -- metrics -----------------------------------------------------------------------------
+    def serve_metrics(self) -> None:
+        """The Prometheus endpoint and the statsd sender, when configured. A monitoring port
+        that cannot be bound is logged, and the proxy serves without it."""
+        metrics = self.config.metrics
+        address = metrics.prometheus
+        if self.command_server is None:
+            return
+        if metrics.address is not None:
+            self.statsd = StatsdSender(metrics.address, metrics.prefix, metrics.tagged_metrics,
+                                       metrics.flush_interval, self.collect_metrics)
+        if address is None:
+            return
+        try:
+            self.metrics_server = MetricsServer(address, self.selector, self.collect_metrics,
+                                                lambda figures: render_prometheus(*figures))
+        except OSError as error:
+            log.error("cannot serve Prometheus metrics on %s: %s", address, error.strerror or error)
+
+    def collect_metrics(self, on_done) -> None:
+        """on_done((the workers' merged snapshot, the master's own figures))."""
+        self.command_server.collect_metrics(
+            lambda data: on_done((data.get("total") or {}, self.figures())))
+
+    def figures(self) -> dict:
+        """What the master itself counts: workers, upgrades, orders, backend health."""
+        by_state: dict[str, int] = {}
+        for worker in self.workers.values():
+            by_state[worker.state] = by_state.get(worker.state, 0) + 1
+        return {"workers_by_state": by_state,
+                "worker_restarts": sum(slot.restarts for slot in self.slots.values()),
+                "worker_upgrades": self.worker_upgrades,
+                "orders_applied": self.command_server.orders_applied if self.command_server else 0,
+                "health_changes": self.health_changes,
+                "generation": self.generation,
+                "backends": answer_query(self.state, {"type": "BACKENDS"})}
 
     # -- stopping ----------------------------------------------------------------------------
     def stop(self, how: str) -> None:

@@ -20,7 +20,7 @@ BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000
 PERCENTILES = (50, 90, 99, 99.9)
 # Always in a snapshot, zero or not, so that an operator sees them before the first request.
 CORE_COUNTERS = ("requests", "status_1xx", "status_2xx", "status_3xx", "status_4xx", "status_5xx",
-                 "bytes_in", "bytes_out", "backend_connect_errors")
+                 "bytes_in", "bytes_out", "backend_connect_errors", "accepted_connections")
 
 # Index: status // 100 (0 when no status was sent)
 STATUS_CLASSES = ("status_none", "status_1xx", "status_2xx", "status_3xx", "status_4xx", "status_5xx")

@@ -213,7 +213,12 @@ class Worker:
             log.error("no socket for listener %s", address)
             return
         info = self.listener_infos[address]
-        handler = self.handler_for(info)
+        serve = self.handler_for(info)
+        incr = self.metrics.incr
+
+        def handler(sock, addr):
+            incr("accepted_connections")
+            return serve(sock, addr)
         # The server gets its own duplicate of the listening fd, so that stop_listener() can
         # close() it: closing is what stops it for good (see there), and it closes only this copy.
         server = StreamServer(sock.dup(), handler, spawn=self.pool)
@@ -291,8 +296,7 @@ class Worker:
         elif order.type == "METRICS":
             if order.data == "CLEAR":
                 self.metrics.clear()
-            return self.metrics.snapshot({"active_connections": len(self.pool),
-                                          "idle_backend_connections": len(self.backend_pool)})
+            return self.metrics_snapshot()
         elif order.type == "STATUS":
             return {"active_connections": len(self.pool), "draining": self.draining}
         elif order.type == "QUERY":
@@ -303,6 +307,19 @@ class Worker:
             self.state.dispatch(order)
             self.state_changed = True
         return None
+
+    def metrics_snapshot(self) -> dict:
+        """The counters, with the gauges of now: connections, and the backends this worker
+        rests after a failed connect (passive health; summed over workers by the master)."""
+        snapshot = self.metrics.snapshot({"active_connections": len(self.pool),
+                                          "idle_backend_connections": len(self.backend_pool)})
+        now = time.monotonic()
+        for app_id in self.state.backends:
+            for backend in self.balancer.backends(app_id) or ():
+                if not backend.is_up(now) and not backend.checked_down:
+                    app = snapshot["applications"].setdefault(app_id, {"backends": {}})
+                    app["backends"].setdefault(backend.address, {})["resting"] = 1
+        return snapshot
 
     def adopt_listener(self, address: str, fd_count: int) -> None:
         fds = self.channel.take_fds(fd_count)

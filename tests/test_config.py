@@ -197,7 +197,13 @@ def test_integer_ranges(key, good, bad):
     ("listeners = 3", "listeners"),
     ("listeners = [1]", "listeners[0]"),
     ("applications = []", "applications"),
-    ("metrics = {}", "metrics"),
+    ("metrics = 3", "metrics"),
+    ("metrics = { colour = 1 }", "metrics.colour"),
+    ('metrics = { prometheus = "localhost:9180" }', "metrics.prometheus"),
+    ('metrics = { address = "0.0.0.0:8125" }', "metrics.address"),
+    ('metrics = { prefix = "a b" }', "metrics.prefix"),
+    ("metrics = { tagged_metrics = 1 }", "metrics.tagged_metrics"),
+    ("metrics = { flush_interval = 0 }", "metrics.flush_interval"),
 ])
 def test_wrong_types_and_unknown_keys(line, key):
     assert fails(line + "\n", listeners=False).key == key
@@ -808,15 +814,17 @@ def test_default_config_documents_only_known_keys():
     """Every commented-out `# key = value` of conf/config.toml is a key sozu accepts somewhere."""
     import re
     schemas = (config.Config, config.ListenerConfig, config.ApplicationConfig, config.FrontendConfig,
-               config.BackendConfig)
+               config.BackendConfig, config.MetricsConfig)
     known = {f.name for schema in schemas for f in dataclasses.fields(schema)}
     known |= set(health_check({}))  # [applications.NAME.health_check]
-    top_keys = {f.name for f in dataclasses.fields(config.Config)} - {"path", "listeners", "applications", "explicit"}
+    top_keys = {f.name for f in dataclasses.fields(config.Config)} - {"path", "listeners", "applications", "explicit",
+                                                                 "metrics"}
     text = (ROOT / "conf" / "config.toml").read_text()
     documented = set(re.findall(r"^(?:# )?([a-z_0-9]+) = ", text, re.M))
     documented |= set(re.findall(r"[{,] *([a-z_]+) = ", text))
     assert documented and documented <= known, documented - known
     assert top_keys <= documented
+    assert {f.name for f in dataclasses.fields(config.MetricsConfig)} <= documented
 
 
 @pytest.mark.parametrize("name", ["404.http", "503.http"])
@@ -975,3 +983,20 @@ def test_two_fronts_differing_by_rule_kind_are_distinct_routes():
     text = app('{ address = "127.0.0.1:8080", hostname = "a.com", path = "/a" },'
                '{ address = "127.0.0.1:8080", hostname = "a.com", path_begin = "/a" }')
     assert fails(text).key == "applications.MyApp.frontends[1].hostname"
+
+
+def test_metrics_section():
+    assert cfg().metrics == config.MetricsConfig()
+    c = cfg('[metrics]\nprometheus = "127.0.0.1:9180"\naddress = "127.0.0.1:8125"\nprefix = "edge"\n'
+            "tagged_metrics = true\nflush_interval = 5\n", listeners=False)
+    assert c.metrics == config.MetricsConfig("127.0.0.1:9180", "127.0.0.1:8125", "edge", True, 5)
+
+
+def test_health_check_section():
+    app = ('[applications.a]\nprotocol = "tcp"\nbackends = ["127.0.0.1:1"]\n'
+           "[applications.a.health_check]\ninterval = 0.5\ntimeout = 0.2\n")
+    check = cfg(app, listeners=False).applications[0].health_check
+    assert check["protocol"] == "tcp" and check["interval"] == 0.5 and check["fall"] == 3
+    assert fails(app + "falls = 2\n", listeners=False).key == "applications.a.health_check.falls"
+    assert fails(app.replace("0.2", "0.9"), listeners=False).key == "applications.a.health_check.timeout"
+    assert fails('[applications.a]\nhealth_check = 1\n', listeners=False).key == "applications.a.health_check"

@@ -141,11 +141,13 @@ class HealthChecker:
     def views(self) -> list[dict]:
         return [target.view() for _, target in sorted(self.targets.items())]
 
-    def close(self) -> None:
+    def close_in_child(self) -> None:
+        """A forked worker's copies of the probes' sockets go, the master's stay. Closed
+        without unregistering: the child shares the master's epoll instance, and unregistering
+        there is unregistering in the master."""
         for target in self.targets.values():
-            if target.probe is not None:
-                self._close(target.probe)
-        self.targets.clear()
+            if target.probe is not None and target.probe.sock is not None:
+                target.probe.sock.close()
 
     # -- probes --------------------------------------------------------------------------------
     def _start(self, target: Target, now: float) -> None:
