@@ -527,7 +527,10 @@ def _config_summary(config: Any) -> dict:
     summary = {}
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
-        summary[field.name] = len(value) if isinstance(value, (tuple, list, dict, frozenset)) else value
+        if dataclasses.is_dataclass(value):  # [metrics]
+            summary[field.name] = dataclasses.asdict(value)
+        else:
+            summary[field.name] = len(value) if isinstance(value, (tuple, list, dict, frozenset)) else value
     summary["backends"] = sum(len(app.backends) for app in config.applications)
     return summary
 
