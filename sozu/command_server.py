@@ -31,7 +31,7 @@ import time
 
 from sozu import logs, tls
 from sozu.messages import (STATE_ORDERS, Decoder, FrameTooLarge, MessageError, Order, Request,
-                           dump_orders, encode, load_orders)
+                           answer_id, dump_orders, encode, load_orders)
 from sozu.metrics import aggregate
 from sozu.upgrade import ENV_COMMAND_FD
 from sozu.state import ConfigState, StateError
@@ -57,7 +57,13 @@ class Client:
         if len(self.outbox) > MAX_OUTBOX:
             self.closed = True
             return
-        self.outbox += encode(answer)
+        try:
+            frame = encode(answer)
+        except (TypeError, ValueError):  # not JSON (a NaN): a bug; the client is closed, not left waiting
+            log.exception("an answer that cannot be encoded: the command client is closed")
+            self.closed = True
+            return
+        self.outbox += frame
         self.flush()
 
     def flush(self) -> None:
@@ -238,7 +244,7 @@ class CommandServer:
     # -- requests ----------------------------------------------------------------------------
     def handle(self, client: Client, message) -> None:
         """The command edge: whatever happens, the client gets an answer and the master goes on."""
-        request_id = message.get("id", "") if isinstance(message, dict) else ""
+        request_id = answer_id(message)
         try:
             if isinstance(message, MessageError):
                 raise message

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -880,6 +881,18 @@ class Request:
         if self.worker_id is not None:
             obj["worker_id"] = self.worker_id
         return obj
+
+
+def answer_id(message: Any) -> str | int | float:
+    """The id an ERROR answer to `message` (a request, maybe malformed) repeats: the request's
+    own when it is a string or a finite number, which a client can match; else "" (JSON has
+    no infinity to repeat, and `{"id": 1e999}` decodes to one)."""
+    request_id = message.get("id") if type(message) is dict else None
+    if type(request_id) is str or type(request_id) is int:
+        return request_id
+    if type(request_id) is float and math.isfinite(request_id):
+        return request_id
+    return ""
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sozu.messages import (COMMAND_ORDERS, STATE_ORDERS, Answer, Decoder, FrameTooLarge,
-                           MessageError, Order, Request, dump_orders, encode, load_orders)
+                           MessageError, Order, Request, answer_id, dump_orders, encode,
+                           load_orders)
 
 
 def order(kind, data=None):
@@ -395,6 +396,17 @@ def test_request_error_carries_the_id_when_readable():
     with pytest.raises(MessageError) as info:
         Request.from_json({"id": 7, "type": "NOPE"})
     assert info.value.id is None
+
+
+@pytest.mark.parametrize("message, expected", [
+    ({"id": "abc"}, "abc"), ({"id": 7}, 7), ({"id": -2.5}, -2.5),
+    ({"id": float("inf")}, ""), ({"id": float("-inf")}, ""), ({"id": float("nan")}, ""),
+    ({"id": True}, ""), ({"id": None}, ""), ({"id": [1]}, ""), ({"id": {"a": 1}}, ""),
+    ({}, ""), ([1, 2], ""), (MessageError("not JSON"), ""),
+])
+def test_an_error_answer_repeats_only_an_id_it_can_encode(message, expected):
+    assert answer_id(message) == expected
+    encode({"id": answer_id(message)})  # never raises
 
 
 def test_answers():

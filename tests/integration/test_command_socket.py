@@ -228,9 +228,9 @@ BAD_MESSAGES = {
 }
 
 
-@pytest.mark.parametrize("name", list(BAD_MESSAGES))
-def test_bad_message_gets_an_error_and_changes_nothing(proxy, name):
-    message, expected = BAD_MESSAGES[name]
+def assert_refused(proxy, message, expected: str) -> dict:
+    """message gets an ERROR answer naming `expected` on its own connection, which goes on
+    serving; the state is unchanged and the master serves others. Returns the answer."""
     before = dump(proxy.socket_path)
     conn = Conn(proxy.socket_path)
     try:
@@ -245,6 +245,12 @@ def test_bad_message_gets_an_error_and_changes_nothing(proxy, name):
         conn.close()
     assert dump(proxy.socket_path) == before
     assert_serving(proxy)
+    return answer
+
+
+@pytest.mark.parametrize("name", list(BAD_MESSAGES))
+def test_bad_message_gets_an_error_and_changes_nothing(proxy, name):
+    assert_refused(proxy, *BAD_MESSAGES[name])
 
 
 def test_a_refused_order_reaches_no_worker_and_changes_nothing(proxy):
@@ -351,3 +357,25 @@ def test_sozuctl_on_a_missing_socket_says_where(tmp_path):
     assert str(tmp_path / "sozu.sock") in out.stderr
     assert "Traceback" not in out.stderr
 
+
+
+# An id the ERROR answer can repeat (a string, a finite number) is repeated; any other (1e999
+# is infinity once decoded, and JSON has no infinity to answer with) is answered with "".
+BAD_IDS = {
+    "infinite": (b"1e999", ""),
+    "negative infinite": (b"-1e999", ""),
+    "a list": (b"[1]", ""),
+    "an object": (b'{"a": 1}', ""),
+    "a boolean": (b"true", ""),
+    "null": (b"null", ""),
+    "a finite number": (b"7", 7),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_IDS))
+def test_an_id_that_is_not_a_string_is_refused_on_its_own_connection(proxy, name):
+    raw_id, answered_id = BAD_IDS[name]
+    message = b'{"id": ' + raw_id + b', "version": 0, "type": "LIST_WORKERS"}'
+    answer = assert_refused(proxy, message, "id: expected a string")
+    assert answer["id"] == answered_id, answer
+    assert "error in the master loop" not in proxy.log()
