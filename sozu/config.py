@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import ipaddress
 import json
 import os
 import re
@@ -27,15 +26,14 @@ try:
 except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
 
+from sozu import address as addresses, log_filter
 from sozu.http import answers
 from sozu.messages import MessageError, Order, health_check, normalize_hostname
 from sozu.state import front_rule
+from sozu.vocabulary import (DEFAULT_STICKY_NAME, LISTENER_TIMEOUTS, POLICY_BY_LOWER_NAME,
+                             TLS_VERSIONS)
 
-LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "critical", "off")
-LOAD_BALANCING_POLICIES = {"roundrobin": "RoundRobin", "random": "Random",
-                           "leastconnections": "LeastConnections", "poweroftwo": "PowerOfTwo"}
-TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
-DEFAULT_STICKY_NAME = "SOZUBALANCEID"
+_TIMEOUT = LISTENER_TIMEOUTS
 MAX_NAMED_FILE_SIZE = 1 << 20          # an answer page or a PEM file: it travels inside orders
 MAX_TIMEOUT = 86_400                   # s; more than a day is a unit mistake, not a wish
 UNIX_PATH_MAX = 107                    # sun_path holds 108 bytes with the final NUL
@@ -48,7 +46,6 @@ _NO_CONTROL = re.compile(r"[^\x00-\x1f\x7f]+")
 _ACCOUNT = re.compile(r"[^\s:/]+")
 _APP_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _PATH_BEGIN = re.compile(r"/[\x21\x22\x24-\x3e\x40-\x7e]*")   # printable; no space, '?', '#'
-_LOGGER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*(?:\.[A-Za-z_][A-Za-z0-9_-]*)*")
 _STATUS_LINE = re.compile(r"HTTP/1\.[01] [1-5][0-9][0-9](?: [^\r\n]*)?\r?\n")
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.S)
 _A = {"http": "an http", "https": "an https", "tcp": "a tcp"}
@@ -81,10 +78,11 @@ class ListenerConfig:
     sticky_name: str | None = DEFAULT_STICKY_NAME   # None on tcp listeners
     tls_versions: tuple[str, ...] = ()             # https only
     cipher_list: str | None = None                 # https only
-    front_timeout: int = 60            # effective timeouts: the listener's own, else the global ones
-    back_timeout: int = 30
-    connect_timeout: int = 3
-    request_timeout: int = 10          # unused by tcp listeners
+    # The effective timeouts: the listener's own, else the global ones.
+    front_timeout: int = _TIMEOUT["front_timeout"]
+    back_timeout: int = _TIMEOUT["back_timeout"]
+    connect_timeout: int = _TIMEOUT["connect_timeout"]
+    request_timeout: int = _TIMEOUT["request_timeout"]  # unused by tcp listeners
 
 
 @dataclass(frozen=True)
@@ -162,10 +160,10 @@ class Config:
     worker_automatic_restart: bool = True
     max_connections: int = 10000
     buffer_size: int = 16384
-    front_timeout: int = 60
-    back_timeout: int = 30
-    connect_timeout: int = 3
-    request_timeout: int = 10
+    front_timeout: int = _TIMEOUT["front_timeout"]
+    back_timeout: int = _TIMEOUT["back_timeout"]
+    connect_timeout: int = _TIMEOUT["connect_timeout"]
+    request_timeout: int = _TIMEOUT["request_timeout"]
     pid_file_path: str | None = None
     user: str = "nobody"
     group: str = "nogroup"
@@ -200,7 +198,7 @@ class Config:
                 "https_redirect": app.https_redirect,
                 "proxy_protocol": "SendHeader" if app.send_proxy else None,
                 "send_proxy_version": app.send_proxy_version,
-                "load_balancing_policy": LOAD_BALANCING_POLICIES[app.load_balancing_policy],
+                "load_balancing_policy": POLICY_BY_LOWER_NAME[app.load_balancing_policy],
                 "answer_503": app.answer_503, **_answers(app, (503,))}))
         for app in self.applications:
             for backend in app.backends:
@@ -297,10 +295,10 @@ def parse(text: str, path: str) -> Config:
         raise top.error("automatic_state_save", "needs saved_state", True, "saved_state to be set too")
     settings["log_level"] = top.string("log_level")
     try:
-        parse_log_filter(settings["log_level"])
-    except ValueError as e:
+        log_filter.parse(settings["log_level"])
+    except log_filter.LogFilterError as e:
         raise top.error("log_level", str(e), settings["log_level"],
-                        f"LEVEL or LEVEL,logger=LEVEL,... with LEVEL among {', '.join(LOG_LEVELS)}") from None
+                        f"LEVEL or LEVEL,logger=LEVEL,... with LEVEL among {', '.join(log_filter.LEVELS)}") from None
     settings["log_target"] = top.log_target("log_target", allow_off=False)
     settings["log_access_target"] = top.log_target("log_access_target", allow_off=True)
     for name, (lo, hi, unit) in _TOP_INTEGERS.items():
@@ -330,54 +328,6 @@ def _parse_metrics(top: _Table) -> MetricsConfig:
         prefix=table.string("prefix", expected="letters, digits, '_', '.' or '-'", pattern=_STATSD_PREFIX),
         tagged_metrics=table.boolean("tagged_metrics"),
         flush_interval=table.integer("flush_interval", 1, 3600, unit=" (seconds)"))
-
-
-def parse_log_filter(text: str) -> tuple[str | None, tuple[tuple[str, str], ...]]:
-    """`info,sozu.http=debug` -> ("info", (("sozu.http", "debug"),)); ValueError says what is wrong."""
-    default, overrides = None, {}
-    for part in text.split(","):
-        name, sep, level = (p.strip() for p in part.rpartition("="))
-        if level.lower() not in LOG_LEVELS:
-            raise ValueError(f"unknown log level {json.dumps(level)}" if level else "empty filter element")
-        if not sep:
-            if default is not None:
-                raise ValueError("two default levels")
-            default = level.lower()
-        elif not _LOGGER.fullmatch(name):
-            raise ValueError(f"bad logger name {json.dumps(name)}")
-        elif name in overrides:
-            raise ValueError(f"logger {name} named twice")
-        else:
-            overrides[name] = level.lower()
-    return default, tuple(overrides.items())
-
-
-def normalize_address(text: str) -> str:
-    """`127.0.0.1:8080`, `[::1]:8080` -> the normalised form; else ValueError(what, expected)."""
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-        if not sep:
-            raise ValueError("not an address", "[IPv6]:PORT")
-    else:
-        host, sep, port = text.rpartition(":")
-        if ":" in host:
-            raise ValueError("IPv6 address without brackets", "[IPv6]:PORT, like [::1]:8080")
-    if not sep or not port.isascii() or not port.isdigit() or len(port) > 5:
-        raise ValueError("not an IP:PORT address", "a numeric IP:PORT like 127.0.0.1:8080")
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError("not a numeric address", "a numeric IP:PORT; sozu never resolves names") from None
-    if text.startswith("[") and ip.version != 6:
-        raise ValueError("brackets around an IPv4 address", "IPv4:PORT or [IPv6]:PORT")
-    if not 1 <= int(port) <= 65535:
-        raise ValueError("port out of range", "a port 1..65535")
-    return f"[{ip}]:{int(port)}" if ip.version == 6 else f"{ip}:{int(port)}"
-
-
-def _split(address: str) -> tuple:
-    host, _, port = address.rpartition(":")
-    return ipaddress.ip_address(host.strip("[]")), port
 
 
 # --- reading tables --------------------------------------------------------------------------
@@ -506,10 +456,10 @@ class _Table:
     def address(self, name, connectable=False) -> str:
         raw = self.string(name, expected="a numeric IP:PORT like 127.0.0.1:8080")
         try:
-            address = normalize_address(raw)
-        except ValueError as e:
+            address = addresses.parse(raw)
+        except addresses.AddressError as e:
             raise self.error(name, e.args[0], raw, e.args[1]) from None
-        if connectable and _split(address)[0].is_unspecified:
+        if connectable and addresses.split(address)[0].is_unspecified:
             raise self.error(name, "unspecified address", raw, "an address one can connect to")
         return address
 
@@ -590,9 +540,9 @@ def _check_bind(table: _Table, address: str, seen: dict) -> None:
     if address in seen:
         raise table.error("address", f"already used by {seen[address]}", table.data["address"],
                           "one listener per address")
-    ip, port = _split(address)
+    ip, port = addresses.split(address)
     for other, where in seen.items():
-        other_ip, other_port = _split(other)
+        other_ip, other_port = addresses.split(other)
         wildcard = ip.is_unspecified or other_ip.is_unspecified
         if port == other_port and ip.version == other_ip.version and wildcard:
             raise table.error("address", f"port {port} is already bound by {where} ({other})",
@@ -667,7 +617,7 @@ def _parse_application(table: _Table, app_id: str, listeners: dict, owners: _Own
         sticky_session=table.boolean("sticky_session"), https_redirect=table.boolean("https_redirect"),
         send_proxy=table.boolean("send_proxy"), **{name: table.answer(name) for name in _ANSWER_KEYS},
         send_proxy_version=table.integer("send_proxy_version", 1, 2),
-        load_balancing_policy=table.choice("load_balancing_policy", tuple(LOAD_BALANCING_POLICIES)))
+        load_balancing_policy=table.choice("load_balancing_policy", tuple(POLICY_BY_LOWER_NAME)))
 
 
 def _health_check(table: _Table, protocol: str) -> dict | None:

@@ -57,19 +57,16 @@ from __future__ import annotations
 import random
 from typing import Any, Collection, Iterable, Iterator, Mapping
 
-POLICIES = ("RoundRobin", "Random", "LeastConnections", "PowerOfTwo")
-DEFAULT_POLICY = "RoundRobin"
+from sozu.vocabulary import DEFAULT_POLICY, POLICIES, POLICY_BY_LOWER_NAME
 DEFAULT_WEIGHT = 100
 BACKOFF_FIRST = 1.0  # seconds of rest after the first consecutive failure
 BACKOFF_MAX = 30.0
-
-_POLICY_NAMES = {name.lower(): name for name in POLICIES}
 
 
 def normalise_policy(policy: str) -> str:
     """The CamelCase policy name; the sozuctl lower-case spellings are accepted too."""
     try:
-        return _POLICY_NAMES[policy.lower()]
+        return POLICY_BY_LOWER_NAME[policy.lower()]
     except (KeyError, AttributeError):
         raise ValueError(
             f"unknown load balancing policy {policy!r}, expected one of {', '.join(POLICIES)}"

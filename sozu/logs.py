@@ -15,6 +15,8 @@ import os
 import sys
 import time
 
+from sozu import log_filter
+
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
 
@@ -30,30 +32,13 @@ LEVELS = {
 }
 
 access = logging.getLogger("sozu.access")
-
-
-class LogFilterError(ValueError):
-    pass
+LogFilterError = log_filter.LogFilterError
 
 
 def parse_filter(spec: str) -> tuple[int, dict[str, int]]:
-    """`info,sozu.http=debug` -> (INFO, {"sozu.http": DEBUG})."""
-    default = logging.INFO
-    overrides: dict[str, int] = {}
-    for part in (p.strip() for p in spec.split(",")):
-        if not part:
-            continue
-        name, sep, level = part.rpartition("=")
-        level = level.strip().lower()
-        if level not in LEVELS:
-            raise LogFilterError(f"unknown log level {level!r} in {spec!r} (expected one of {', '.join(LEVELS)})")
-        if sep:
-            if not name.strip():
-                raise LogFilterError(f"empty logger name in {spec!r}")
-            overrides[name.strip()] = LEVELS[level]
-        else:
-            default = LEVELS[level]
-    return default, overrides
+    """`info,sozu.http=debug` -> (INFO, {"sozu.http": DEBUG}), in sozu.log_filter's grammar."""
+    default, overrides = log_filter.parse(spec)
+    return LEVELS[default or log_filter.DEFAULT_LEVEL], {name: LEVELS[level] for name, level in overrides}
 
 
 class _Formatter(logging.Formatter):

@@ -22,6 +22,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+from sozu import address as addresses, log_filter
+from sozu.vocabulary import (DEFAULT_POLICY, DEFAULT_STICKY_NAME, LISTENER_TIMEOUTS, POLICIES,
+                             TLS_VERSIONS)
+
 from sozu.http import answers
 
 
@@ -102,6 +106,16 @@ def _name(v: Any) -> str:
 def _nonempty(v: Any) -> str:
     if type(v) is not str or not v:
         raise _bad("a non-empty string", v)
+    return v
+
+
+def _log_filter(v: Any) -> str:
+    """A log filter (sozu.log_filter), kept as written: workers apply the same text."""
+    v = _nonempty(v)
+    try:
+        log_filter.parse(v)
+    except log_filter.LogFilterError as e:
+        raise _Invalid("", f"{e} in {_show(v)}") from None
     return v
 
 
@@ -198,41 +212,14 @@ def _none(v: Any) -> None:
 
 # --- addresses and names ----------------------------------------------------------------------
 
-_ADDRESS = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([0-9.]+)):([0-9]{1,5})\Z")
-_ADDRESS_CACHE: dict[str, str] = {}
-
-
-def normalize_address(value: str) -> str:
-    """`IP:PORT` (numeric IPv4, or IPv6 in brackets) in ipaddress's spelling; ValueError."""
-    m = _ADDRESS.match(value)
-    if m is None:
-        raise ValueError(f'expected "IP:PORT", got {_show(value)} (a numeric IPv4, or an IPv6 '
-                         'in brackets like "[::1]:8080")')
-    v6, v4, port_text = m.groups()
-    try:
-        ip = ipaddress.IPv6Address(v6) if v6 is not None else ipaddress.IPv4Address(v4)
-    except ValueError:
-        raise ValueError(f'expected "IP:PORT", got {_show(value)} (not an IP address)') from None
-    port = int(port_text)
-    if not 1 <= port <= 65535:
-        raise ValueError(f'expected "IP:PORT", got {_show(value)} (the port must be 1..65535)')
-    return f"[{ip}]:{port}" if v6 is not None else f"{ip}:{port}"
-
-
 def _address(v: Any) -> str:
     if type(v) is not str:
         raise _bad('"IP:PORT"', v)
-    found = _ADDRESS_CACHE.get(v)
-    if found is not None:
-        return found
     try:
-        found = normalize_address(v)
-    except ValueError as e:
-        raise _Invalid("", str(e)) from None
-    if len(_ADDRESS_CACHE) > 4096:
-        _ADDRESS_CACHE.clear()
-    _ADDRESS_CACHE[v] = found
-    return found
+        return addresses.parse(v)
+    except addresses.AddressError as e:
+        what, expected = e.args
+        raise _Invalid("", f'expected "IP:PORT", got {_show(v)} ({what}: {expected})') from None
 
 
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
@@ -310,7 +297,6 @@ def _cookie_value(v: Any) -> str:
     return v
 
 
-_TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 _TLS_TABLE = {"tlsv1.2": "TLSv1.2", "tlsv1_2": "TLSv1.2", "tls1.2": "TLSv1.2",
               "tlsv1.3": "TLSv1.3", "tlsv1_3": "TLSv1.3", "tls1.3": "TLSv1.3"}
 _OLD_TLS = {"sslv2", "sslv3", "tlsv1", "tlsv1.0", "tlsv1_0", "tlsv1.1", "tlsv1_1", "tls1.0",
@@ -328,7 +314,7 @@ def _tls_versions(v: Any) -> list[str]:
         if key not in _TLS_TABLE:
             raise _Invalid(f"[{i}]", f'expected "TLSv1.2" or "TLSv1.3", got {_show(item)}')
         seen.add(_TLS_TABLE[key])
-    return [version for version in _TLS_VERSIONS if version in seen]
+    return [version for version in TLS_VERSIONS if version in seen]
 
 
 _req = _REQUIRED
@@ -528,7 +514,6 @@ def _front(v: Any) -> dict:
 
 # --- order schemas ----------------------------------------------------------------------------
 
-POLICIES = ("RoundRobin", "Random", "LeastConnections", "PowerOfTwo")
 PROXY_PROTOCOLS = ("ExpectHeader", "SendHeader", "RelayHeader")
 LISTENER_PROXIES = ("HTTP", "HTTPS", "TCP")
 
@@ -558,7 +543,7 @@ _APPLICATION = _object({
     "proxy_protocol": (_optional(_enum(PROXY_PROTOCOLS)), None),
     # Not in Sozu 0.11: the PROXY protocol version sent to backends of SendHeader applications.
     "send_proxy_version": (_int_range(1, 2), 2),
-    "load_balancing_policy": (_enum(POLICIES), "RoundRobin"),
+    "load_balancing_policy": (_enum(POLICIES), DEFAULT_POLICY),
     **_answers((503,)),
 })
 _HTTP_FRONT = _front
@@ -671,24 +656,24 @@ _HTTP_LISTENER_SPEC = {
     **_LISTENER_COMMON,
     **_answers((404, 503)),
     "expect_proxy": (_bool, False),
-    "sticky_name": (_cookie_name, "SOZUBALANCEID"),
-    "front_timeout": (_timeout, 60),
-    "back_timeout": (_timeout, 30),
-    "connect_timeout": (_timeout, 3),
-    "request_timeout": (_timeout, 10),
+    "sticky_name": (_cookie_name, DEFAULT_STICKY_NAME),
+    "front_timeout": (_timeout, LISTENER_TIMEOUTS["front_timeout"]),
+    "back_timeout": (_timeout, LISTENER_TIMEOUTS["back_timeout"]),
+    "connect_timeout": (_timeout, LISTENER_TIMEOUTS["connect_timeout"]),
+    "request_timeout": (_timeout, LISTENER_TIMEOUTS["request_timeout"]),
 }
 _HTTP_LISTENER = _object(_HTTP_LISTENER_SPEC)
 _HTTPS_LISTENER = _object({
     **_HTTP_LISTENER_SPEC,
-    "versions": (_tls_versions, list(_TLS_VERSIONS)),
+    "versions": (_tls_versions, list(TLS_VERSIONS)),
     "cipher_list": (_optional(_nonempty), None),
 })
 _TCP_LISTENER = _object({
     **_LISTENER_COMMON,
     "expect_proxy": (_bool, False),
-    "front_timeout": (_timeout, 60),
-    "back_timeout": (_timeout, 30),
-    "connect_timeout": (_timeout, 3),
+    "front_timeout": (_timeout, LISTENER_TIMEOUTS["front_timeout"]),
+    "back_timeout": (_timeout, LISTENER_TIMEOUTS["back_timeout"]),
+    "connect_timeout": (_timeout, LISTENER_TIMEOUTS["connect_timeout"]),
 })
 _proxy = _enum(LISTENER_PROXIES)
 _REMOVE_LISTENER = _object({"front": (_address, _req), "proxy": (_proxy, _req)})
@@ -759,7 +744,7 @@ _COMMAND_CHECKS: dict[str, Checker] = {
     "HARD_STOP": _none,
     "STATUS": _none,
     "METRICS": _optional(_enum(("ENABLE", "DISABLE", "CLEAR"))),
-    "LOGGING": _nonempty,
+    "LOGGING": _log_filter,
 }
 _ORDER_CHECKS = {**_STATE_CHECKS, **_COMMAND_CHECKS}
 

@@ -41,10 +41,10 @@ from OpenSSL import SSL
 
 from sozu.certificates import (CertificateError, certificate_names, check_certificate, load_certificates,
                                load_key)
+from sozu.vocabulary import TLS_VERSIONS
 
 log = logging.getLogger("sozu.tls")
 
-DEFAULT_VERSIONS = ("TLSv1.2", "TLSv1.3")
 _PROTOCOL_VERSIONS = {"TLSv1.2": SSL.TLS1_2_VERSION, "TLSv1.3": SSL.TLS1_3_VERSION}
 # Mozilla "intermediate" for TLS 1.2 without the DHE suites: ECDHE (forward secrecy) + AEAD only.
 DEFAULT_CIPHER_LIST = ":".join((
@@ -86,7 +86,7 @@ def _select_alpn(connection, offered: list[bytes]):
 
 def _new_context(config: dict, session_id: bytes = b"sozu") -> SSL.Context:
     """A server context with the listener's TLS settings; CertificateError if they are unusable."""
-    versions = [_PROTOCOL_VERSIONS[v] for v in (config.get("versions") or DEFAULT_VERSIONS)
+    versions = [_PROTOCOL_VERSIONS[v] for v in (config.get("versions") or TLS_VERSIONS)
                 if v in _PROTOCOL_VERSIONS]
     if not versions:
         raise CertificateError(f"versions: none of {config.get('versions')} is TLSv1.2 or TLSv1.3")

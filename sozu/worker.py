@@ -51,6 +51,7 @@ from sozu.messages import MessageError, Order
 from sozu.metrics import Metrics
 from sozu.router import Router
 from sozu.state import StateError, answer_query
+from sozu.vocabulary import DEFAULT_STICKY_NAME, LISTENER_TIMEOUTS
 
 log = logging.getLogger("sozu.worker")
 
@@ -78,13 +79,13 @@ class ListenerInfo:
         host, _, port = address.rpartition(":")
         self.port = port.encode()
         self.by = (b'"' + address.encode() + b'"') if host.startswith("[") else address.encode()
-        self.front_timeout = config.get("front_timeout", 60)
-        self.back_timeout = config.get("back_timeout", 30)
-        self.connect_timeout = config.get("connect_timeout", 3)
-        self.request_timeout = config.get("request_timeout", 10)
+        self.front_timeout = config.get("front_timeout", LISTENER_TIMEOUTS["front_timeout"])
+        self.back_timeout = config.get("back_timeout", LISTENER_TIMEOUTS["back_timeout"])
+        self.connect_timeout = config.get("connect_timeout", LISTENER_TIMEOUTS["connect_timeout"])
+        self.request_timeout = config.get("request_timeout", LISTENER_TIMEOUTS["request_timeout"])
         self.answers = {status: answers.template(config[f"answer_{status}"])
                         for status in answers.CUSTOM_STATUSES if config.get(f"answer_{status}")}
-        self.sticky_name = config.get("sticky_name", "SOZUBALANCEID").encode()
+        self.sticky_name = config.get("sticky_name", DEFAULT_STICKY_NAME).encode()
         self.expect_proxy = config.get("expect_proxy", False)
 
 

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from sozu import config
+from sozu import address, config
 from sozu.config import ConfigError, load, parse
 from sozu.messages import health_check
+from tests.test_address import REFUSED as ADDRESSES_REFUSED
 from sozu.messages import Order
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -250,11 +251,6 @@ def test_log_level_valid(value):
     assert cfg(f'log_level = "{value}"\n').log_level == value
 
 
-def test_parse_log_filter():
-    assert config.parse_log_filter("info,sozu.http=DEBUG") == ("info", (("sozu.http", "debug"),))
-    assert config.parse_log_filter("sozu=off") == (None, (("sozu", "off"),))
-
-
 @pytest.mark.parametrize("value", ["", "verbose", "info,", "info,debug", "sozu http=debug", "=debug",
                                    "info,a=debug,a=info", "info;sozu=debug", "sozu.http=loud"])
 def test_log_level_invalid(value):
@@ -283,27 +279,13 @@ def test_log_target_invalid(key, value):
     ("[::]:80", "[::]:80"),
 ])
 def test_address_normalised(given, normal):
-    assert config.normalize_address(given) == normal
+    assert address.parse(given) == normal
     c = cfg(f'[[listeners]]\nprotocol = "tcp"\naddress = "{given}"\n', listeners=False)
     assert c.listeners[0].address == normal
 
 
-@pytest.mark.parametrize("given, what", [
-    ("localhost:8080", "not a numeric address"),
-    ("example.com:80", "not a numeric address"),
-    ("127.0.0.1", "not an IP:PORT address"),
-    ("127.0.0.1:", "not an IP:PORT address"),
-    (":8080", "not a numeric address"),
-    ("127.0.0.1:0", "port out of range"),
-    ("127.0.0.1:65536", "port out of range"),
-    ("127.0.0.1:123456", "not an IP:PORT address"),
-    ("127.0.0.1:+80", "not an IP:PORT address"),
-    ("127.000.0.1:80", "not a numeric address"),
-    ("::1:8080", "IPv6 address without brackets"),
-    ("[127.0.0.1]:80", "brackets around an IPv4 address"),
-    ("[::1]", "not an address"),
-    ("", "empty string"),
-])
+@pytest.mark.parametrize("given, what", [(text, what) for text, what in ADDRESSES_REFUSED if text]
+                         + [("", "empty string")])
 def test_address_invalid(given, what):
     error = fails(f'[[listeners]]\nprotocol = "tcp"\naddress = "{given}"\n', listeners=False)
     assert error.key == "listeners[0].address" and what in str(error)

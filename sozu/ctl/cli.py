@@ -123,12 +123,11 @@ from sozu.ctl import render
 from sozu.ctl.client import Client, ProxyUnreachable, new_request_id
 from sozu.http.answers import CUSTOM_STATUSES
 from sozu.messages import MessageError, Request
+from sozu.vocabulary import POLICY_BY_LOWER_NAME
 
 PROG = "sozuctl"
 EXIT_OK, EXIT_ERROR, EXIT_UNREACHABLE = 0, 1, 2
 
-POLICIES = {"roundrobin": "RoundRobin", "random": "Random",
-            "leastconnections": "LeastConnections", "poweroftwo": "PowerOfTwo"}
 DEFAULT_TIMEOUT_MS = 5000
 UPGRADE_TIMEOUT_MS = 60000  # an upgrade answers once the new master serves (30 s at most)
 PEM_CERTIFICATE = re.compile(
@@ -302,14 +301,14 @@ def _state_dump(a: dict) -> Command:
 
 def _application_add(a: dict) -> Command:
     policy = (a["--load-balancing-policy"] or "roundrobin").lower()
-    if policy not in POLICIES:
-        raise CliError(f"--load-balancing-policy must be one of {', '.join(POLICIES)}, "
+    if policy not in POLICY_BY_LOWER_NAME:
+        raise CliError(f"--load-balancing-policy must be one of {', '.join(POLICY_BY_LOWER_NAME)}, "
                        f"not {a['--load-balancing-policy']!r}")
     proxy_protocol = "SendHeader" if a["--send-proxy"] else \
         "ExpectHeader" if a["--expect-proxy"] else None
     data = {"app_id": a["--id"], "sticky_session": a["--sticky-session"],
             "https_redirect": a["--https-redirect"], "proxy_protocol": proxy_protocol,
-            "load_balancing_policy": POLICIES[policy]}
+            "load_balancing_policy": POLICY_BY_LOWER_NAME[policy]}
     if a["--send-proxy-version"] is not None:
         data["send_proxy_version"] = _int(a, "--send-proxy-version", minimum=1)
     data.update(_answer_files(a))

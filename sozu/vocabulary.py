@@ -1,0 +1,23 @@
+"""The names and defaults that the config file, the orders, the workers and sozuctl share (pure).
+
+Each is written here once: the config file spells a policy in lower case (`roundrobin`), the
+orders in Sozu's CamelCase (`RoundRobin`), and both come from POLICIES.
+"""
+from __future__ import annotations
+
+# Load-balancing policies, as orders spell them (docs/orders.md); the config file and sozuctl
+# take them in lower case.
+POLICIES = ("RoundRobin", "Random", "LeastConnections", "PowerOfTwo")
+DEFAULT_POLICY = "RoundRobin"
+POLICY_BY_LOWER_NAME = {policy.lower(): policy for policy in POLICIES}
+
+# The TLS versions an https listener may offer; older ones are refused as insecure.
+TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+
+# A listener's timeouts in seconds, when neither the listener nor the config file sets them.
+# request_timeout applies to http and https listeners only.
+LISTENER_TIMEOUTS = {"front_timeout": 60, "back_timeout": 30, "connect_timeout": 3, "request_timeout": 10}
+TCP_LISTENER_TIMEOUTS = {name: LISTENER_TIMEOUTS[name]
+                         for name in ("front_timeout", "back_timeout", "connect_timeout")}
+
+DEFAULT_STICKY_NAME = "SOZUBALANCEID"
