@@ -156,6 +156,7 @@ class Config:
     log_level: str = "info"
     log_target: str = "stdout"         # stdout | stderr | file:///absolute/path
     log_access_target: str = "stdout"  # the same, or off
+    log_access_format: str = "text"    # text | json (one object per line)
     worker_count: int = 2
     worker_automatic_restart: bool = True
     max_connections: int = 10000
@@ -301,6 +302,7 @@ def parse(text: str, path: str) -> Config:
                         f"LEVEL or LEVEL,logger=LEVEL,... with LEVEL among {', '.join(log_filter.LEVELS)}") from None
     settings["log_target"] = top.log_target("log_target", allow_off=False)
     settings["log_access_target"] = top.log_target("log_access_target", allow_off=True)
+    settings["log_access_format"] = top.choice("log_access_format", ("text", "json"))
     for name, (lo, hi, unit) in _TOP_INTEGERS.items():
         settings[name] = top.integer(name, lo, hi, unit=unit)
     settings["worker_automatic_restart"] = top.boolean("worker_automatic_restart")

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-from sozu import log_filter
+from sozu import access_log, log_filter
 
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
@@ -62,6 +62,12 @@ class _AccessFormatter(_Formatter):
         return f"{stamp}.{int(record.msecs):03d}Z ACCESS {self.tag} {self.pid} {record.getMessage()}"
 
 
+class _JsonAccessFormatter(_Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        return access_log.json_line(f"{stamp}.{int(record.msecs):03d}Z", self.tag, self.pid, record)
+
+
 def _open_target(target: str):
     if target == "stdout":
         return sys.stdout
@@ -88,7 +94,8 @@ def apply_filter(spec: str) -> None:
     _overridden.update(overrides)
 
 
-def setup(level: str, target: str = "stdout", access_target: str = "stdout", tag: str = "MASTER") -> None:
+def setup(level: str, target: str = "stdout", access_target: str = "stdout", tag: str = "MASTER",
+          access_format: str = "text") -> None:
     """Configure the `sozu` logger tree. SOZU_LOG overrides the configured level."""
     root = logging.getLogger("sozu")
     for handler in list(root.handlers):
@@ -105,8 +112,10 @@ def setup(level: str, target: str = "stdout", access_target: str = "stdout", tag
         access.disabled = True
     else:
         access.disabled = False
-        access_handler = logging.StreamHandler(_open_target(access_target))
-        access_handler.setFormatter(_AccessFormatter(tag))
+        access_handler = access_log.NonBlockingHandler(access_target)
+        json_lines = access_format == "json"
+        access_handler.setFormatter(_JsonAccessFormatter(tag) if json_lines else _AccessFormatter(tag))
+        access_log.configure(access_format)
         access.addHandler(access_handler)
         access.setLevel(logging.INFO)
     apply_filter(os.environ.get("SOZU_LOG") or level)

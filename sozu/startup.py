@@ -124,7 +124,8 @@ def sandbox_plan(config):
 
 
 def start(config) -> int:
-    logs.setup(config.log_level, config.log_target, config.log_access_target, "MASTER")
+    logs.setup(config.log_level, config.log_target, config.log_access_target, "MASTER",
+               config.log_access_format)
     from sozu.upgrade import take_handover
     handed_over, ready_fd, generation = take_handover()
     try:

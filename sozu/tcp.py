@@ -26,6 +26,7 @@ import time
 
 from gevent import socket
 
+from sozu import access_log as access_lines
 from sozu import proxy_protocol
 from sozu.listeners import connect
 from sozu.relay import Relay
@@ -108,6 +109,7 @@ def serve(ctx, listener, sock, client_address) -> None:
     start = time.monotonic()
     client = client_address
     app_id = backend_address = "-"
+    connected = 0.0
     relay = None
     reason = "closed"
     backend = connection = None
@@ -137,6 +139,7 @@ def serve(ctx, listener, sock, client_address) -> None:
             reason = "no backend"
             return
         backend_address = backend.address
+        connected = time.monotonic()
         if proxy_mode in ("SendHeader", "RelayHeader"):
             connection.sendall(_proxy_header(proxy_mode, received.get("header"), client, sock,
                                              application.get("send_proxy_version", 2)))
@@ -163,9 +166,9 @@ def serve(ctx, listener, sock, client_address) -> None:
         ctx.metrics.incr("tcp_bytes_in", bytes_in)
         ctx.metrics.incr("tcp_bytes_out", bytes_out)
         if not access_log.disabled:
-            access_log.info("%s %s %s tcp %s in=%d out=%d %.1fms", _ip(client), app_id,
-                            backend_address, reason, bytes_in, bytes_out,
-                            (time.monotonic() - start) * 1000)
+            access_lines.tcp(_ip(client), app_id, backend_address, reason, bytes_in, bytes_out,
+                             (time.monotonic() - start) * 1000,
+                             (connected - start) * 1000 if connected else None)
 
 
 def _proxy_header(mode: str, received, client, sock, version: int) -> bytes:

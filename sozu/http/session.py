@@ -59,6 +59,7 @@ from time import monotonic
 import gevent
 from gevent import socket
 
+from sozu import access_log as access_lines
 from sozu import proxy_protocol
 from sozu.http import answers, headers, rules
 from sozu.http.parser import (DEFAULT_LIMITS, ChunkedFramer, ProtocolError, parse_request_head,
@@ -650,12 +651,7 @@ class HttpSession:
             return
         self.ctx.metrics.record(exchange)
         if not access_log.disabled:
-            access_log.info("%s %s %s %d %s %s %s in=%d out=%d %.1fms%s",
-                            self.client_ip, exchange.app_id, exchange.backend, exchange.status,
-                            exchange.method.decode("latin-1"), exchange.host,
-                            exchange.path.decode("latin-1"), exchange.bytes_in, exchange.bytes_out,
-                            exchange.duration_ms(),
-                            f" rewritten={exchange.rewritten}" if exchange.rewritten else "")
+            access_lines.http(self.client_ip, exchange, self.request_id)
 
 
 def wait_readable(sock) -> None:
