@@ -1,14 +1,14 @@
 """Idle keep-alive connections to backends, per worker (gevent sockets; worker only).
 
 A connection goes back to the pool only when its response was read to the end and nothing more
-arrived. Before one is reused it is checked with a non-blocking MSG_PEEK: a backend that closed
-it while idle (keepalive_timeout, a restart) shows end-of-file there, and the connection is
-dropped instead of costing a request. A connection idle for less than CHECK_AFTER is reused
-without that system call when the request may be repeated: backends rarely close connections
-that young, and when one did, the session retries such a request on a fresh connection. A
-request that may not be repeated (a POST, a body already read) is always checked. What the check
-cannot see (the close racing the reuse) the session handles by retrying requests that may be
-repeated.
+arrived. Before every reuse it is checked with a non-blocking MSG_PEEK: a backend that closed it
+while idle (keepalive_timeout, a restart) shows end-of-file there, and a backend that sent bytes
+after its response (a second response, a HEAD answer's body) shows them; either way the
+connection is closed instead of reused. Bytes that arrived while nobody asked for anything
+answer no request: on a reused connection they would be read as the answer to the next one,
+whichever client sent it (response-queue poisoning). The check costs one system call per reuse.
+What it cannot see (a close racing the reuse) the session handles by retrying requests that
+may be repeated.
 
 Connections idle for longer than IDLE_TIMEOUT are closed, checked every PRUNE_EVERY seconds by
 `put`: without that, the connections to a backend that was removed (never asked for again) would
@@ -21,7 +21,6 @@ import time
 from collections import defaultdict
 
 MAX_IDLE_PER_BACKEND = 64
-CHECK_AFTER = 1.0  # s of idleness after which a pooled connection is checked before reuse
 IDLE_TIMEOUT = 60.0  # s: an idle connection older than this is closed (nginx's keepalive_timeout)
 PRUNE_EVERY = 10.0  # s between two searches for such connections
 
@@ -32,17 +31,14 @@ class BackendPool:
         self.idle: dict[str, list] = defaultdict(list)
         self.next_prune = time.monotonic() + PRUNE_EVERY
 
-    def get(self, address: str, replayable: bool = False):
-        """An idle connection to address, or None. replayable: the request may be sent again
-        on a fresh connection if this one turns out closed."""
+    def get(self, address: str):
+        """An idle connection to address that the backend neither closed nor wrote to, or None."""
         connections = self.idle.get(address)
-        if connections:
-            young = time.monotonic() - CHECK_AFTER if replayable else float("inf")
-            while connections:
-                connection = connections.pop()
-                if connection.idle_since > young or _alive(connection):
-                    return connection
-                connection.close()
+        while connections:
+            connection = connections.pop()
+            if _clean(connection):
+                return connection
+            connection.close()
         return None
 
     def put(self, address: str, connection) -> None:
@@ -79,15 +75,14 @@ class BackendPool:
         return sum(len(c) for c in self.idle.values())
 
 
-def _alive(connection) -> bool:
-    # A zero timeout makes gevent raise instead of waiting.
-    connection.settimeout(0)
+def _clean(connection) -> bool:
+    """Nothing to read: the normal state of an idle connection."""
+    connection.settimeout(0)  # a zero timeout makes gevent raise instead of waiting
     try:
         connection.recv(1, socket.MSG_PEEK)
     except BlockingIOError:
         connection.settimeout(None)  # the session bounds its waits with deadlines
-        return True  # nothing to read: the normal state of an idle connection
+        return True
     except OSError:
         return False
-    # End-of-file, or bytes nobody asked for: either way this connection is not clean.
-    return False
+    return False  # end-of-file, or bytes nobody asked for

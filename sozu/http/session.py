@@ -34,9 +34,10 @@ forwarded as it is, with `Connection: close`.
 
 Two failures are recovered from where they happen, not at the edge: a pooled backend connection
 that the backend closed as it was reused (no byte of a response) is retried once on a fresh one
-when the request has no body and may be repeated (`StaleConnection`; the pool skips its
-liveness check only for such requests); and a backend that stops reading the request body (it
-answered 413 or 401 early) still has its answer read and forwarded (`BackendStoppedReading`).
+when the request has no body and may be repeated (`StaleConnection`: the pool checks every
+connection before reuse, but a close can race the check); and a backend that stops reading the
+request body (it answered 413 or 401 early) still has its answer read and forwarded
+(`BackendStoppedReading`).
 
 Every other error ends the connection at one place, `serve()`: an `Answer` exception carries the
 status to answer (with `Connection: close`) if nothing of a response has been sent yet; a client
@@ -328,7 +329,7 @@ class HttpSession:
         # connection carries this client's requests only, so it is never taken from the pool.
         fresh = application["proxy_protocol"] in SENDS_PROXY
         while True:
-            backend, connection, reused = self.connect_backend(app_id, application, sticky_id, fresh, replayable)
+            backend, connection, reused = self.connect_backend(app_id, application, sticky_id, fresh)
             try:
                 self.forward_request(head, connection, body, sticky, framer)
                 self.forward_response(head, application, backend, connection, sticky_id)
@@ -346,7 +347,7 @@ class HttpSession:
             finally:
                 ctx.balancer_release(app_id, backend)
 
-    def connect_backend(self, app_id, application, sticky_id, fresh: bool, replayable: bool):
+    def connect_backend(self, app_id, application, sticky_id, fresh: bool):
         """(backend, connection, reused) for the application (the worker's connect_backend):
         an idle pooled connection unless `fresh`, else a new one; 503 when none is reached."""
         ctx, listener = self.ctx, self.listener
@@ -354,7 +355,7 @@ class HttpSession:
         # (request_timeout of a head, back_timeout of a request sent to a stale connection)
         # thrown into it would mark a healthy backend down, or cut a report to the master.
         ctx.deadlines.disarm(self)
-        reuse = None if fresh else (lambda backend: ctx.backend_pool.get(backend.address, replayable))
+        reuse = None if fresh else (lambda backend: ctx.backend_pool.get(backend.address))
         backend, connection, reused = ctx.connect_backend(
             app_id, lambda address: self.open_backend(address, listener.connect_timeout), sticky_id, reuse)
         if backend is None:

@@ -279,3 +279,68 @@ def test_a_drain_serves_new_connections_and_closes_idle_ones(tmp_path, sozu, bac
         assert response.status == 200 and response.header("Connection") == "close"
     idle_reader.close()
     idle.close()
+
+
+POISON = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\npoisoned"
+
+
+class PoisoningBackend(ThreadedServer):
+    """Answers /first with `answer`, then, once the test says so (`go`), sends `extra` on the
+    same connection, which stays open: bytes that answer nothing, arriving while the connection
+    is idle in the proxy's pool. Every other request is answered with its own path, so a
+    client can tell its answer from another's."""
+
+    def __init__(self, answer: bytes, extra: bytes):
+        self.answer, self.extra = answer, extra
+        self.go, self.poisoned, self.closed_by_proxy = threading.Event(), threading.Event(), threading.Event()
+        super().__init__()
+
+    def handle(self, conn):
+        with conn, conn.makefile("rb") as reader:
+            while True:
+                try:
+                    line = reader.readline()
+                    while (header := reader.readline()) not in (b"\r\n", b""):
+                        pass
+                except ConnectionResetError:  # closed with unread bytes: the kernel resets
+                    line = header = b""
+                if not line or not header:
+                    self.closed_by_proxy.set()
+                    return
+                path = line.split(b" ")[1]
+                if path != b"/first":
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path))
+                    continue
+                conn.sendall(self.answer)
+                if self.go.wait(10):
+                    conn.sendall(self.extra)
+                    self.poisoned.set()
+
+
+@pytest.mark.parametrize("method, answer, extra", [
+    ("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", POISON),
+    ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(POISON), POISON),
+    ("GET", b"HTTP/1.1 204 No Content\r\n\r\n", POISON),
+], ids=["after a Content-Length body", "as the body of a HEAD answer", "after a 204"])
+def test_bytes_on_an_idle_backend_connection_answer_no_later_request(tmp_path, sozu, method, answer, extra):
+    b = PoisoningBackend(answer, extra)
+    port = free_port()
+    sozu(http_config(tmp_path, port, [b.port], worker_count=1))  # one worker: one pool
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as first, first.makefile("rb") as reader:
+            first.sendall(b"%s /first HTTP/1.1\r\n%s\r\n" % (method.encode(), H))
+            assert read_response(reader, method).status in (200, 204)
+            b.go.set()  # the backend connection is idle in the pool now, or about to be
+            assert b.poisoned.wait(5)
+            # The next request, from another client: it must not get the bytes that were waiting.
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as second:
+                second.sendall(b"GET /second HTTP/1.1\r\n" + H + b"\r\n")
+                response = read_response(second.makefile("rb"))
+            assert (response.status, response.body) == (200, b"/second")
+            first.sendall(b"GET /third HTTP/1.1\r\n" + H + b"\r\n")
+            response = read_response(reader)
+            assert (response.status, response.body) == (200, b"/third")
+        assert b.closed_by_proxy.wait(5), "the poisoned connection was closed, not kept"
+        assert b.connections == 2
+    finally:
+        b.stop()

@@ -7,14 +7,16 @@ from sozu.http.backend_pool import BackendPool
 
 
 class FakeConnection:
-    def __init__(self, alive: bool = True):
-        self.alive, self.closed, self.peeked = alive, False, 0
+    def __init__(self, alive: bool = True, unread: bytes = b""):
+        self.alive, self.unread, self.closed, self.peeked = alive, unread, False, 0
 
     def settimeout(self, timeout):
         pass
 
     def recv(self, size, flags=0):
         self.peeked += 1
+        if self.unread:
+            return self.unread[:size]
         if self.alive:
             raise BlockingIOError()
         return b""
@@ -30,16 +32,19 @@ def clock(monkeypatch):
     return now
 
 
-def test_a_young_connection_skips_the_check_only_for_a_replayable_request(clock):
+def test_every_reuse_is_checked_however_young_the_connection(clock):
     pool = BackendPool()
     connection = FakeConnection()
-    pool.put("a", connection)
-    assert pool.get("a", replayable=True) is connection and connection.peeked == 0
-    pool.put("a", connection)
-    assert pool.get("a", replayable=False) is connection and connection.peeked == 1
-    pool.put("a", connection)
-    clock[0] += backend_pool.CHECK_AFTER + 0.1
-    assert pool.get("a", replayable=True) is connection and connection.peeked == 2
+    for peeks in (1, 2):
+        pool.put("a", connection)
+        assert pool.get("a") is connection and connection.peeked == peeks
+
+
+def test_a_connection_with_unasked_bytes_is_dropped(clock):
+    pool = BackendPool()
+    poisoned = FakeConnection(unread=b"HTTP/1.1 200 OK\r\n")
+    pool.put("a", poisoned)
+    assert pool.get("a") is None and poisoned.closed
 
 
 def test_a_connection_closed_by_the_backend_is_dropped(clock):
