@@ -131,7 +131,7 @@ def serve(ctx, listener, sock, client_address) -> None:
             if client is None:
                 reason = "bad PROXY header"
                 return
-        backend, connection, _ = ctx.connect_backend(
+        backend, connection, _ = ctx.backends.connect(
             app_id, lambda address: connect(address, listener.connect_timeout, socket.socket))
         if connection is None:
             ctx.metrics.incr("tcp_no_backend")
@@ -157,7 +157,7 @@ def serve(ctx, listener, sock, client_address) -> None:
         reason = "internal error"
     finally:
         if backend is not None:
-            ctx.balancer_release(app_id, backend)
+            ctx.backends.release(app_id, backend)
         if connection is not None:
             connection.close()
         sock.close()

@@ -42,10 +42,12 @@ from gevent.server import StreamServer
 from sozu import logs, tcp, tls
 from sozu.channel import ChannelClosed, WorkerChannel
 from sozu.http import answers
+from sozu.connector import BackendConnector
 from sozu.http.backend_pool import BackendPool
 from sozu.http.buffers import BodyBuffers
+from sozu.http.context import SessionContext
 from sozu.http.deadlines import Deadlines
-from sozu.http.session import serve as serve_http
+from sozu.http.edge import serve as serve_session
 from sozu.lb import Balancer
 from sozu.messages import MessageError, Order
 from sozu.metrics import Metrics
@@ -61,7 +63,6 @@ REFUSE_BATCH = 256    # connections refused per listener per tick, so refusing n
 LINGER_TIME = 1.0     # s: a refused HTTP connection stays open this long for the client to close it
 LINGER_MAX = 128      # refused connections lingering at once, at most (fds: within FDS_MARGIN)
 EXIT_SANDBOX_FAILED = 3  # named so the master can tell a boot failure from a crash
-EVENT_INTERVAL = 1.0  # s between two NO_AVAILABLE_BACKENDS events of one application
 
 
 class ListenerInfo:
@@ -104,13 +105,16 @@ class Worker:
         self.router: Router | None = None
         self.balancer = Balancer()
         self.backend_pool = BackendPool()
-        self.body_buffers = BodyBuffers(config.buffer_size)
         self.deadlines = Deadlines()
         self.tls = tls.TlsContexts()  # per https listener: SSL contexts, built on state changes
         self.metrics = Metrics()
-        self.idle_sockets: set = set()
+        self.backends = BackendConnector(self.balancer, self.metrics, self.event)
+        # What HTTP sessions see of this worker (kept current by rebuild() and soft_stop()).
+        self.sessions = SessionContext(
+            router=None, applications={}, backends=self.backends, backend_pool=self.backend_pool,
+            body_buffers=BodyBuffers(config.buffer_size), deadlines=self.deadlines,
+            metrics=self.metrics, buffer_size=config.buffer_size)
         self.lingering: collections.deque = collections.deque()  # refused: (deadline, socket)
-        self.no_backend_reported: dict[str, float] = {}  # app_id -> when it was last reported
         self.draining = False
         self.stopped = gevent.event.Event()
         self.state_changed = False
@@ -128,51 +132,6 @@ class Worker:
     def applications(self):
         return self.state.applications
 
-    def connect_backend(self, app_id: str, open_connection, sticky_id=None, reuse=None):
-        """(backend, connection, reused): a connection to a backend of the application, trying
-        each usable backend once; (None, None, False) when none could be reached. The backend
-        is acquired (the caller releases it). reuse(backend) may give an idle connection;
-        otherwise open_connection(address) opens one (OSError when it fails). A failed connect
-        marks the backend down for a backoff (passive health) and the next one is tried."""
-        backends = self.balancer.backends(app_id)
-        tried = set()
-        while backends is not None:
-            backend = backends.pick(time.monotonic(), tried, sticky_id)
-            if backend is None:
-                break
-            tried.add(backend)
-            backends.acquire(backend)
-            connection = reuse(backend) if reuse is not None else None
-            if connection is not None:
-                return backend, connection, True
-            try:
-                connection = open_connection(backend.address)
-            except OSError as error:
-                backends.release(backend)
-                self.metrics.connect_error(app_id, backend.address, retried=len(tried) < len(backends))
-                # The time of the failure, not of the pick: a connect that timed out after the
-                # first backoff (1 s) would otherwise leave the backend already up again.
-                if backends.mark_failure(backend, time.monotonic(), str(error)):
-                    log.warning("backend %s (%s) of %s is down: %s", backend.backend_id,
-                                backend.address, app_id, error)
-                    self.event("BACKEND_DOWN", app_id, backend)
-                continue
-            if backends.mark_success(backend):
-                log.info("backend %s (%s) of %s is up again", backend.backend_id, backend.address, app_id)
-                self.event("BACKEND_UP", app_id, backend)
-            return backend, connection, False
-        now = time.monotonic()
-        if self.no_backend_reported.get(app_id, 0.0) <= now - EVENT_INTERVAL:
-            # Once a second at most: a dead application under load must not flood the master.
-            self.no_backend_reported[app_id] = now
-            self.event("NO_AVAILABLE_BACKENDS", app_id, None)
-        return None, None, False
-
-    def balancer_release(self, app_id: str, backend) -> None:
-        backends = self.balancer.backends(app_id)
-        if backends is not None:
-            backends.release(backend)
-
     def event(self, kind: str, app_id: str, backend) -> None:
         message = {"type": "EVENT", "data": {"kind": kind, "app_id": app_id,
                                               "backend_id": getattr(backend, "backend_id", None),
@@ -186,6 +145,7 @@ class Worker:
     def rebuild(self) -> None:
         """Derive the routing tables from the state, and serve exactly the active listeners."""
         self.router = Router.from_state(self.state, self.router)  # unchanged hosts are reused
+        self.sessions.router, self.sessions.applications = self.router, self.state.applications
         self.balancer.update(self.state)
         self.tls.update(self.state)
         live = {b["address"] for backends in self.state.backends.values() for b in backends}
@@ -228,13 +188,16 @@ class Worker:
         self.servers[address] = server
 
     def handler_for(self, info: ListenerInfo):
+        def serve_http(_worker, listener, sock, addr):  # after a TLS handshake or a PROXY header
+            serve_session(self.sessions, listener, sock, addr)
+
         if info.protocol == "tcp":
             return lambda sock, addr: tcp.serve(self, info, sock, addr)
         if info.protocol == "https":  # the PROXY header, if expected, comes before the handshake
             return lambda sock, addr: tls.serve(serve_http, self, info, sock, addr)
         if info.expect_proxy:
             return lambda sock, addr: tcp.serve_after_proxy_header(serve_http, self, info, sock, addr)
-        return lambda sock, addr: serve_http(self, info, sock, addr)
+        return lambda sock, addr: serve_session(self.sessions, info, sock, addr)
 
     def stop_listener(self, address: str) -> None:
         server = self.servers.pop(address, None)
@@ -395,7 +358,7 @@ class Worker:
     def soft_stop(self) -> None:
         if self.draining:
             return
-        self.draining = True
+        self.draining = self.sessions.draining = True
         log.info("soft stop: draining %d connections", len(self.pool))
         for address in list(self.servers):
             self.stop_listener(address)
@@ -417,7 +380,7 @@ class Worker:
 
     def close_idle(self) -> None:
         """Idle keep-alive connections end now; their clients retry elsewhere."""
-        for sock in list(self.idle_sockets):
+        for sock in list(self.sessions.idle_sockets):
             try:
                 sock.shutdown(gsocket.SHUT_RDWR)
             except OSError:

@@ -14,7 +14,8 @@ session holds one or two entries, however often it re-arms. Entries are weak ref
 finished session is not kept alive until its bucket comes up. A session past its deadline gets
 socket.timeout thrown into its greenlet, where it waits: the error handling at that wait (408,
 504, a quiet close) is the one a socket timeout would have reached. A timeout fires at most
-TICK late.
+TICK late, and never into a later wait than the one it bounded: the throw happens from the
+loop's next callback, only if the session's deadline is still the one found past.
 """
 from __future__ import annotations
 
@@ -66,10 +67,20 @@ class Deadlines:
 
     def check(self, session, now: float) -> None:
         session.filed_at = math.inf
-        if session.deadline <= now:
-            session.deadline = math.inf
+        deadline = session.deadline
+        if deadline <= now:
             greenlet = session.greenlet
             if greenlet is not None and not greenlet.dead:
-                greenlet.kill(socket.timeout("timed out"), block=False)
-        elif session.deadline != math.inf:  # moved later since it was filed: file it again
+                gevent.get_hub().loop.run_callback(_expire, session, deadline)
+        elif deadline != math.inf:  # moved later since it was filed: file it again
             self.file(session)
+
+
+def _expire(session, deadline: float) -> None:
+    """Throw socket.timeout into the session, unless it moved on since its deadline was found
+    past: the wait that deadline bounded may have ended meanwhile (its data came in the same
+    turn of the loop), and the next wait, maybe in another state, has its own deadline."""
+    greenlet = session.greenlet
+    if session.deadline == deadline and not greenlet.dead:
+        session.deadline = math.inf
+        greenlet.throw(socket.timeout("timed out"))

@@ -2,7 +2,7 @@
 partial send leaves behind is sent next, once and in order."""
 import pytest
 
-from sozu.http.session import send_all
+from sozu.http.sockio import send_all
 
 
 class Recorder:

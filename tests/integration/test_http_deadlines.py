@@ -52,6 +52,27 @@ del session
 gc.collect()
 result["collected"] = ref() is None
 gevent.sleep(0.3)  # its bucket comes up: nothing to do, nothing raised
+
+# A deadline found past, but the session moved on (a new state) before the throw: none.
+def waiter(session, a):
+    try:
+        a.recv(1)
+        return "woken"
+    except socket.timeout:
+        return "thrown"
+
+a, b = socket.socketpair()
+session = Session()
+session.greenlet = gevent.spawn(waiter, session, a)
+gevent.sleep(0)  # it waits in recv
+session.deadline = time.monotonic() - 1
+deadlines.check(session, time.monotonic())
+session.deadline = math.inf  # what enter() does
+gevent.sleep(0.05)
+b.send(b"x")
+result["moved_on"] = session.greenlet.get(timeout=5)
+a.close()
+b.close()
 print(json.dumps(result))
 '''
 
@@ -69,3 +90,4 @@ def test_deadlines():
     assert 0.3 <= result["plain"] < 0.3 + 2 * tick, "a wait past its deadline gets socket.timeout"
     assert 0.6 <= result["rearmed"] < 0.6 + 2 * tick, "re-arming later postpones the timeout"
     assert result["collected"], "a finished session is not kept alive by its bucket entry"
+    assert result["moved_on"] == "woken", "a deadline is never thrown into a later state's wait"

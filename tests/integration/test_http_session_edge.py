@@ -1,7 +1,7 @@
 """The connection edge, in process: a bug anywhere in one connection's handling (here, a worker
 context that raises) ends that connection with a 500 if nothing was sent yet, is logged once
 with its traceback, and never escapes serve(). No real worker can be made to fail on purpose,
-so these tests drive serve() over a gevent socketpair with a fake worker context."""
+so these tests drive serve() over a gevent socketpair with a session context of fakes."""
 import logging
 
 import pytest
@@ -9,7 +9,8 @@ import pytest
 gevent = pytest.importorskip("gevent")
 from gevent import socket as gsocket  # noqa: E402
 
-from sozu.http import session  # noqa: E402
+from sozu.http import edge  # noqa: E402
+from sozu.http.context import SessionContext  # noqa: E402
 from sozu.http.deadlines import Deadlines  # noqa: E402
 
 
@@ -38,19 +39,10 @@ class Router:
         raise ZeroDivisionError("router bug")
 
 
-class Ctx:
-    draining = False
-    buffer_size = 16384
-
-    def __init__(self, metrics=None, router=None):
-        self.idle_sockets = set()
-        self.deadlines = Deadlines()
-        self.metrics = metrics or Metrics()
-        self.router = router or Router()
-        self.applications = {}
-
-    def event(self, *args):
-        pass
+def Ctx(metrics=None, router=None):
+    return SessionContext(router=router or Router(), applications={}, backends=None,
+                          backend_pool=None, body_buffers=None, deadlines=Deadlines(),
+                          metrics=metrics or Metrics(), buffer_size=16384)
 
 
 def tcp_pair():
@@ -64,7 +56,7 @@ def tcp_pair():
 
 def exchange(ctx, data: bytes) -> bytes:
     client, server = tcp_pair()
-    greenlet = gevent.spawn(session.serve, ctx, Listener(), server, ("127.0.0.1", 1234))
+    greenlet = gevent.spawn(edge.serve, ctx, Listener(), server, ("127.0.0.1", 1234))
     client.sendall(data)
     client.settimeout(5)
     answer = b""
