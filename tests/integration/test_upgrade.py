@@ -141,7 +141,7 @@ def test_in_flight_requests_finish_and_idle_connections_close(tmp_path, sozu, ba
     results = {}
 
     def slow():
-        status, body, response = get(port, "/slow/1.5", timeout=10)
+        status, body, response = get(port, "/slow/4", timeout=15)
         results["slow"] = (status, response.getheader("Connection"))
 
     idle = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -298,7 +298,7 @@ def test_upgrade_one_worker(tmp_path, sozu, backend):
     result = {}
 
     def slow():
-        status, _, response = get(port, "/slow/1", timeout=10)
+        status, _, response = get(port, "/slow/4", timeout=15)
         result["slow"] = (status, response.getheader("Connection"))
 
     thread = threading.Thread(target=slow)
