@@ -12,6 +12,7 @@ setup(
         "docopt>=0.6.2",
         "python-prctl>=1.8",
         'tomli>=2.0; python_version < "3.11"',
+        "etcd3gw>=2.4",
     ],
     extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100",
                              "prometheus_client>=0.17"]},

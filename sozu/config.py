@@ -148,6 +148,26 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class EtcdProviderConfig:
+    """[provider.etcd]: the etcd whose keys the provider follows (docs/etcd.md)."""
+    endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)  # tried in turn
+    prefix: str = "/sozu/"
+    ca_certificate: str | None = None  # https endpoints: the CA that signed etcd's certificate
+    certificate: str | None = None     # a TLS client certificate, with its key
+    key: str | None = None
+    user: str | None = None            # etcd authentication, with password
+    password: str | None = None
+    heartbeat: int = 5                 # s: how often a silent watch is checked for
+    timeout: int = 5                   # s: one request to etcd
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """[provider]: where the configuration comes from besides the command socket."""
+    etcd: EtcdProviderConfig | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     path: str                          # absolute path of the file
     command_socket: str                # absolute
@@ -176,6 +196,7 @@ class Config:
     listeners: tuple[ListenerConfig, ...] = ()
     applications: tuple[ApplicationConfig, ...] = ()
     metrics: MetricsConfig = MetricsConfig()
+    provider: ProviderConfig = ProviderConfig()
     explicit: frozenset[str] = frozenset()  # the top-level keys the file sets (not a TOML key)
 
     def to_orders(self) -> list[Order]:
@@ -313,7 +334,7 @@ def parse(text: str, path: str) -> Config:
     listeners = _parse_listeners(top, settings)
     applications = _parse_applications(top, {listener.address: listener for listener in listeners})
     return Config(listeners=listeners, applications=applications, metrics=_parse_metrics(top),
-                  explicit=frozenset(data), **settings)
+                  provider=_parse_provider(top), explicit=frozenset(data), **settings)
 
 
 _STATSD_PREFIX = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
@@ -330,6 +351,45 @@ def _parse_metrics(top: _Table) -> MetricsConfig:
         prefix=table.string("prefix", expected="letters, digits, '_', '.' or '-'", pattern=_STATSD_PREFIX),
         tagged_metrics=table.boolean("tagged_metrics"),
         flush_interval=table.integer("flush_interval", 1, 3600, unit=" (seconds)"))
+
+
+_ENDPOINT = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}")
+
+
+def _together(table: _Table, first: str, first_value, second: str, second_value) -> None:
+    """Two settings that go together: both set, or neither."""
+    if (first_value is None) != (second_value is None):
+        raise table.error(second if first_value is not None else first, "missing required key",
+                          expected=f"{first} and {second} together")
+
+
+def _parse_provider(top: _Table) -> ProviderConfig:
+    value = top.data.get("provider", {})
+    if not isinstance(value, dict):
+        raise top.error("provider", "wrong type", value, "a table [provider]")
+    provider = _Table(top.ctx, value, "provider", ProviderConfig)
+    if "etcd" not in value:
+        return ProviderConfig()
+    if not isinstance(value["etcd"], dict):
+        raise provider.error("etcd", "wrong type", value["etcd"], "a table [provider.etcd]")
+    table = _Table(top.ctx, value["etcd"], "provider.etcd", EtcdProviderConfig)
+    endpoints = table.array("endpoints", "a list of http://HOST:PORT or https://HOST:PORT")
+    expected = "http://HOST:PORT or https://HOST:PORT"
+    for endpoint in endpoints:
+        if not isinstance(endpoint, str) or not _ENDPOINT.fullmatch(endpoint):
+            raise table.error("endpoints", "invalid endpoint", endpoint, expected)
+    prefix = table.string("prefix", expected="a key prefix like /sozu/")
+    if not prefix.startswith("/"):
+        raise table.error("prefix", "invalid value", prefix, "a key prefix starting with /")
+    paths = {name: table.path(name, None) for name in ("ca_certificate", "certificate", "key")}
+    _together(table, "certificate", paths["certificate"], "key", paths["key"])
+    user, password = table.string("user", None), table.string("password", None)
+    _together(table, "user", user, "password", password)
+    return ProviderConfig(EtcdProviderConfig(
+        endpoints=tuple(endpoints) or EtcdProviderConfig.endpoints,
+        prefix=prefix.rstrip("/") + "/", user=user, password=password,
+        heartbeat=table.integer("heartbeat", 1, 3600, unit=" (seconds)"),
+        timeout=table.integer("timeout", 1, 600, unit=" (seconds)"), **paths))
 
 
 # --- reading tables --------------------------------------------------------------------------

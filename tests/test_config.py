@@ -796,17 +796,18 @@ def test_default_config_documents_only_known_keys():
     """Every commented-out `# key = value` of conf/config.toml is a key sozu accepts somewhere."""
     import re
     schemas = (config.Config, config.ListenerConfig, config.ApplicationConfig, config.FrontendConfig,
-               config.BackendConfig, config.MetricsConfig)
+               config.BackendConfig, config.MetricsConfig, config.EtcdProviderConfig)
     known = {f.name for schema in schemas for f in dataclasses.fields(schema)}
     known |= set(health_check({}))  # [applications.NAME.health_check]
     top_keys = {f.name for f in dataclasses.fields(config.Config)} - {"path", "listeners", "applications", "explicit",
-                                                                 "metrics"}
+                                                                 "metrics", "provider"}
     text = (ROOT / "conf" / "config.toml").read_text()
     documented = set(re.findall(r"^(?:# )?([a-z_0-9]+) = ", text, re.M))
     documented |= set(re.findall(r"[{,] *([a-z_]+) = ", text))
     assert documented and documented <= known, documented - known
     assert top_keys <= documented
     assert {f.name for f in dataclasses.fields(config.MetricsConfig)} <= documented
+    assert {f.name for f in dataclasses.fields(config.EtcdProviderConfig)} <= documented
 
 
 @pytest.mark.parametrize("name", ["404.http", "503.http"])
