@@ -3,6 +3,7 @@
 Usage:
   sozu start -c FILE
   sozu config check -c FILE
+  sozu provider etcd -c FILE
   sozu (-h | --help)
   sozu --version
 
@@ -42,6 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     except config_module.ConfigError as error:
         print(f"sozu: {error}", file=sys.stderr)
         return 1
+    if args["provider"]:
+        if config.provider.etcd is None:
+            print(f"sozu: {args['--config']}: no [provider.etcd] section", file=sys.stderr)
+            return 1
+        from sozu import logs
+        from sozu.provider import etcd
+        logs.setup(config.log_level, config.log_target, "off", tag="PROVIDER")
+        return etcd.run(config)
     from sozu.startup import start
     return start(config)
 

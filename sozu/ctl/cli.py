@@ -57,6 +57,7 @@ Usage:
             (remove | activate | deactivate) --address=IP:PORT
   sozuctl [options] query applications [--id=APP | --domain=HOST]
   sozuctl [options] config check
+  sozuctl [options] etcd (push | diff)
   sozuctl (-h | --help | --version)
 
 Options:
@@ -497,6 +498,8 @@ BUILDERS: list[tuple[tuple[str, ...], Callable[[dict], Command]]] = [
     (("listener",), _listener_other),
     (("query", "applications"), _query_applications),
     (("config", "check"), _config_check),
+    (("etcd", "push"), lambda a: Command(local=etcd_push)),
+    (("etcd", "diff"), lambda a: Command(local=etcd_diff)),
 ]
 
 
@@ -521,15 +524,59 @@ def config_check(options: dict) -> int:
     return EXIT_OK
 
 
+# --- etcd (docs/etcd.md): the file's configuration into etcd; etcd against the proxy ----------
+
+def _etcd_config(path: str):
+    config = sozu.config.load(path)
+    if config.provider.etcd is None:
+        raise CliError(f"{path}: no [provider.etcd] section")
+    return config
+
+
+def etcd_push(options: dict) -> int:
+    from sozu.provider import etcd
+    config = _etcd_config(options["config"])
+    try:
+        message = etcd.push(config)
+    except etcd.ETCD_ERRORS as error:
+        raise CliError(f"etcd: {error}") from None
+    print(json.dumps(_local_answer("OK", message, None), indent=2) if options["json"]
+          else f"OK: {message}")
+    return EXIT_OK
+
+
+def etcd_diff(options: dict) -> int:
+    from sozu.provider import etcd
+    config = _etcd_config(options["config"])
+    try:
+        orders, refused = etcd.diff(config)
+    except etcd.ETCD_ERRORS as error:
+        raise CliError(f"etcd: {error}") from None
+    except etcd.ProxyRefused as error:
+        raise CliError(f"the proxy: {error}") from None
+    if options["json"]:
+        data = {"orders": [order.to_json() for order in orders], "refused": refused}
+        print(json.dumps(_local_answer("OK", f"{len(orders)} orders", data), indent=2))
+        return EXIT_OK
+    for order in orders:
+        print(json.dumps(order.to_json(), sort_keys=True))
+    for key, reason in sorted(refused.items()):
+        print(f"refused: {key}: {reason}")
+    print(f"OK: {len(orders)} orders between the proxy and etcd, {len(refused)} keys refused")
+    return EXIT_OK
+
+
 def _config_summary(config: Any) -> dict:
     """Scalars as they are, collections as their size: enough to see what was understood."""
     summary = {}
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
-        if dataclasses.is_dataclass(value):  # [metrics]
+        if dataclasses.is_dataclass(value):  # [metrics], [provider]
             summary[field.name] = dataclasses.asdict(value)
         else:
             summary[field.name] = len(value) if isinstance(value, (tuple, list, dict, frozenset)) else value
+    if summary["provider"]["etcd"] and summary["provider"]["etcd"]["password"]:
+        summary["provider"]["etcd"]["password"] = "(set)"
     summary["backends"] = sum(len(app.backends) for app in config.applications)
     return summary
 

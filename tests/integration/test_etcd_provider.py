@@ -1,0 +1,212 @@
+"""The etcd provider with a real etcd server, a real sozu and real clients (docs/etcd.md)."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from tests.integration.etcd_server import etcd_server  # noqa: F401 (a fixture)
+from tests.integration.harness import PYTHON, ROOT, free_port, http_config, routed_to, wait_for
+
+PREFIX = "/sozu/"
+
+
+class ProviderProcess:
+    """`python sozu.py provider etcd -c FILE`, stopped by the test."""
+
+    def __init__(self, proxy):
+        self.log_path = proxy.dir / "provider.log"
+        self.log_file = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [PYTHON, str(ROOT / "sozu.py"), "provider", "etcd", "-c", str(proxy.config_path)],
+            stdout=self.log_file, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.log_file.close()
+
+
+@pytest.fixture
+def provider():
+    started = []
+
+    def make(proxy) -> ProviderProcess:
+        started.append(ProviderProcess(proxy))
+        return started[-1]
+
+    yield make
+    for p in started:
+        p.stop()
+
+
+def config(tmp_path, port, backends, etcd, worker_count=2) -> str:
+    return http_config(tmp_path, port, backends, worker_count=worker_count, extra=f"""
+[provider.etcd]
+endpoints = ["{etcd.endpoint}"]
+prefix = "{PREFIX}"
+heartbeat = 1
+""")
+
+
+def backend_key(etcd, name, port, app="app") -> None:
+    etcd.put(f"{PREFIX}backends/{app}/{name}", {"type": "ADD_BACKEND", "data": {
+        "app_id": app, "backend_id": name, "address": f"127.0.0.1:{port}"}})
+
+
+def backends_everywhere(proxy, app="app") -> dict:
+    """{master or worker id: the set of the application's backend addresses}."""
+    answer = proxy.order("QUERY", {"type": "APPLICATIONS", "data": {"type": "APP_ID", "data": app}})
+    data = answer["data"]
+    views = {"master": data["master"], **data["workers"]}
+    return {who: {b["address"] for view in found for b in view["backends"]}
+            for who, found in views.items()}
+
+
+def everywhere(proxy, addresses: set, app="app") -> bool:
+    seen = backends_everywhere(proxy, app)
+    return len(seen) == 1 + len(proxy.workers()) and all(v == addresses for v in seen.values())
+
+
+def pushed(proxy):
+    result = proxy.ctl("etcd", "push")
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_the_proxy_follows_etcd(tmp_path, sozu, backend, etcd_server, provider):
+    b1, b2 = backend("b1"), backend("b2")
+    port = free_port()
+    proxy = sozu(config(tmp_path, port, [b1.port], etcd_server))
+    assert "keys put" in pushed(proxy)
+    assert "already holds" in pushed(proxy)
+    watcher = provider(proxy)
+    wait_for(lambda: "keys read at revision" in watcher.log(), what="the first sync")
+    assert routed_to(port, "localhost")[1] == "b1"
+
+    backend_key(etcd_server, "b2", b2.port)
+    etcd_server.delete(f"{PREFIX}backends/app/0001-app-0")
+    wait_for(lambda: everywhere(proxy, {f"127.0.0.1:{b2.port}"}), what="b2 alone in every worker")
+    assert routed_to(port, "localhost")[1] == "b2"
+    diff = proxy.ctl("etcd", "diff")
+    assert diff.returncode == 0 and "OK: 0 orders between the proxy and etcd, 0 keys refused" in diff.stdout
+
+    # A change made behind the provider's back shows in the diff; a push brings the file's back.
+    proxy.order("REMOVE_BACKEND", {"app_id": "app", "backend_id": "b2", "address": f"127.0.0.1:{b2.port}"})
+    assert '"ADD_BACKEND"' in proxy.ctl("etcd", "diff").stdout
+    assert "1 keys put, 1 deleted" in pushed(proxy)
+    wait_for(lambda: everywhere(proxy, {f"127.0.0.1:{b1.port}"}), what="b1 back in every worker")
+
+
+def test_an_invalid_value_is_refused_with_its_key_and_the_rest_applied(
+        tmp_path, sozu, backend, etcd_server, provider):
+    b1, b2 = backend("b1"), backend("b2")
+    port = free_port()
+    proxy = sozu(config(tmp_path, port, [b1.port], etcd_server))
+    pushed(proxy)
+    watcher = provider(proxy)
+    wait_for(lambda: "keys read at revision" in watcher.log(), what="the first sync")
+    etcd_server.put(f"{PREFIX}applications/broken", "{not json")
+    etcd_server.put(f"{PREFIX}backends/app/bad", {"type": "ADD_BACKEND", "data": {"app_id": "app"}})
+    backend_key(etcd_server, "b2", b2.port)
+    wait_for(lambda: everywhere(proxy, {f"127.0.0.1:{b1.port}", f"127.0.0.1:{b2.port}"}),
+             what="b2 added in every worker")
+    log = watcher.log()
+    assert f"etcd key {PREFIX}applications/broken refused: the value is not JSON" in log
+    assert f"etcd key {PREFIX}backends/app/bad refused:" in log
+    diff = proxy.ctl("etcd", "diff").stdout
+    assert f"refused: {PREFIX}applications/broken" in diff and "0 orders" in diff
+    etcd_server.delete(f"{PREFIX}applications/broken")
+    wait_for(lambda: f"etcd key {PREFIX}applications/broken removed" in watcher.log(),
+             what="the refused key's removal noticed")
+
+
+def test_etcd_down_at_start_then_up(tmp_path, sozu, backend, etcd_server, provider):
+    b1, b2 = backend("b1"), backend("b2")
+    port = free_port()
+    proxy = sozu(config(tmp_path, port, [b1.port], etcd_server))
+    pushed(proxy)
+    etcd_server.stop()
+    watcher = provider(proxy)
+    wait_for(lambda: watcher.log().count("unreachable") >= 1, what="the provider to see etcd down")
+    time.sleep(4)  # four tries (0.5 + 1 + 2 s of backoff): still one line, and traffic served
+    assert watcher.log().count("unreachable") == 1
+    assert routed_to(port, "localhost")[1] == "b1"
+    etcd_server.start()
+    wait_for(lambda: "keys read at revision" in watcher.log(), timeout=20, what="the sync once up")
+    backend_key(etcd_server, "b2", b2.port)
+    wait_for(lambda: f"127.0.0.1:{b2.port}" in backends_everywhere(proxy)["master"],
+             what="a change after the outage")
+
+
+class Load:
+    """Requests in a loop on new connections until stopped; counts the failures."""
+
+    def __init__(self, port):
+        self.port, self.ok, self.failed = port, 0, []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stopping.is_set():
+            try:
+                status, _ = routed_to(self.port, "localhost")
+                if status == 200:
+                    self.ok += 1
+                else:
+                    self.failed.append(status)
+            except OSError as error:
+                self.failed.append(repr(error))
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join(10)
+
+
+def test_etcd_restarted_under_load_resumes_by_revision_or_reads_again_when_compacted(
+        tmp_path, sozu, backend, etcd_server, provider):
+    b1, b2, b3 = backend("b1"), backend("b2"), backend("b3")
+    port = free_port()
+    proxy = sozu(config(tmp_path, port, [b1.port], etcd_server))
+    pushed(proxy)
+    watcher = provider(proxy)
+    wait_for(lambda: "keys read at revision" in watcher.log(), what="the first sync")
+    load = Load(port)
+    try:
+        etcd_server.stop()
+        wait_for(lambda: "unreachable" in watcher.log(), what="the outage noticed")
+        etcd_server.start()
+        wait_for(lambda: "resuming after revision" in watcher.log(), timeout=20,
+                 what="a resync by revision")
+        backend_key(etcd_server, "b2", b2.port)
+        wait_for(lambda: f"127.0.0.1:{b2.port}" in backends_everywhere(proxy)["master"],
+                 what="a change after the restart")
+
+        # Frozen through a restart: its watch dies silently; the changes it missed are
+        # compacted away, so the heartbeat's resync reads everything again.
+        watcher.process.send_signal(signal.SIGSTOP)
+        try:
+            etcd_server.stop()
+            etcd_server.start()
+            backend_key(etcd_server, "b3", b3.port)
+            etcd_server.delete(f"{PREFIX}backends/app/b2")
+            etcd_server.compact()
+        finally:
+            watcher.process.send_signal(signal.SIGCONT)
+        wait_for(lambda: everywhere(proxy, {f"127.0.0.1:{b1.port}", f"127.0.0.1:{b3.port}"}),
+                 timeout=20, what="the missed changes applied")
+        log = watcher.log()
+        assert "the etcd watch is silent" in log
+        assert log.count("keys read at revision") == 2
+    finally:
+        load.stop()
+    assert load.ok > 0 and load.failed == []
