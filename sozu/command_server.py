@@ -34,7 +34,7 @@ from sozu.messages import (STATE_ORDERS, Decoder, FrameTooLarge, MessageError, O
                            answer_id, dump_orders, encode, load_orders)
 from sozu.metrics import aggregate
 from sozu.upgrade import ENV_COMMAND_FD
-from sozu.state import ConfigState, StateError
+from sozu.state import ConfigState, StateError, backend_health
 
 log = logging.getLogger("sozu.command")
 
@@ -270,7 +270,8 @@ class CommandServer:
         elif kind == "LOAD_STATE":
             self.load_state(client, request)
         elif kind == "LIST_WORKERS":
-            client.send(_answer(request.id, "OK", "", {"workers": self.list_workers()}))
+            client.send(_answer(request.id, "OK", "", {"workers": self.list_workers(),
+                                                        "backends": backend_health(master.state)}))
         elif kind == "SUBSCRIBE_EVENTS":
             client.subscribed = request.id
             client.send(_answer(request.id, "PROCESSING", "subscribed to events"))

@@ -73,7 +73,16 @@ def status(data: Any) -> str:
         w = _as_dict(worker)
         row = [w.get("id"), w.get("pid"), w.get("state"), w.get("restarts")]
         rows.append(row + ([w.get("generation")] if with_generation else []))
-    return table(headers, rows)
+    text = table(headers, rows)
+    checked = [_as_dict(b) for b in _as_list(_as_dict(data).get("backends")) if _as_dict(b).get("checked")]
+    if checked:  # the active health checks' verdicts (sozuctl backend list has the details)
+        down = [b for b in checked if not b.get("up")]
+        text += f"\n\nbackends with health checks: {len(checked) - len(down)} up, {len(down)} down"
+        for b in down:
+            since = b.get("since")
+            text += (f"\n  down: {b.get('app_id')} {b.get('backend_id')} ({b.get('address')}) since "
+                     f"{_time(since) if isinstance(since, (int, float)) else '-'}: {b.get('reason') or '-'}")
+    return text
 
 
 # --- backend list ----------------------------------------------------------------------------

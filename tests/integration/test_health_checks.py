@@ -187,6 +187,10 @@ def test_backups_take_over_when_every_backend_is_down(tmp_path, sozu):
         rows = {line.split()[1]: line for line in listing.stdout.splitlines()[1:]}
         assert " active  up " in rows["primary"] and " down " in rows["spare"]
         assert "not an HTTP answer" in rows["spare"]
+        status = s.ctl("status")
+        assert status.returncode == 0, status.stderr
+        assert "backends with health checks: 1 up, 1 down" in status.stdout
+        assert f"down: app spare (127.0.0.1:{spare.port}) since " in status.stdout
     finally:
         primary.stop()
         spare.stop()
@@ -216,6 +220,27 @@ def test_checks_are_set_and_removed_at_runtime(tmp_path, sozu):
         # Off: the verdicts go with the check, and b1 serves again in every worker.
         wait_for(lambda: health(s, "b1") == {None}, 5, what="b1 unchecked everywhere")
         assert {routed_to(port, "localhost")[1] for _ in range(4)} == {"b1", "b2"}
+    finally:
+        b1.stop()
+        b2.stop()
+
+
+def test_tcp_checks(tmp_path, sozu):
+    b1, b2 = CheckedBackend("b1"), CheckedBackend("b2")
+    try:
+        port = free_port()
+        s = sozu(http_apps_config(tmp_path, port, {"app": {
+            "fronts": [("localhost", "")],
+            "backends": [{"address": f"127.0.0.1:{b.port}", "backend_id": b.server.name} for b in (b1, b2)],
+            "extra": CHECK.replace('path = "/health", expected_body = "ready"', 'protocol = "tcp"')}},
+            worker_count=2))
+        b1.set_health("garbage")  # a TCP check only connects: still up
+        b1_port = b1.port
+        b1.stop()
+        wait_health(s, "b1", False, OUT_WITHIN)
+        b1 = CheckedBackend("b1", b1_port)
+        wait_health(s, "b1", True, BACK_WITHIN)
+        assert "b1 (127.0.0.1:%d) of app is down: connect failed: ECONNREFUSED" % b1_port in s.log()
     finally:
         b1.stop()
         b2.stop()
