@@ -28,10 +28,26 @@ REWRITTEN = frozenset((b"x-forwarded-for", b"forwarded", b"cookie", b"content-le
 FRAMING = frozenset((b"content-length", b"transfer-encoding", b"host"))
 # Connection tokens that name no header to drop besides the hop-by-hop ones.
 PLAIN_TOKENS = frozenset((b"close", b"keep-alive"))
+# The one upgrade proxied (RFC 6455). Any other would turn the connection into a tunnel that
+# no route, rule or limit sees (h2c: HTTP/2 straight to the backend, RFC 7540 §3.2): such a
+# request goes to the backend as a plain one, without Upgrade and its Connection token.
+UPGRADES = frozenset((b"websocket",))
 # A line to drop with the LF before it (the block is searched with an LF put in front).
 _RESPONSE_DROP_LINES = re.compile(
     rb"\n(?:%s|proxy-[^:]*):[^\n]*" % b"|".join(re.escape(name) for name in sorted(RESPONSE_DROP)), re.I
 )
+
+
+def forwarded_upgrade(head) -> bytes | None:
+    """The protocol of the request's Upgrade header (a lower-case list) that goes to the
+    backend, or None: then neither does the header, and a 101 answer is the backend's error."""
+    if head.upgrade is None:
+        return None
+    for protocol in head.upgrade.split(b","):
+        protocol = protocol.strip(b" \t")
+        if protocol in UPGRADES:
+            return protocol
+    return None
 
 
 def request_head(head, client_ip: bytes, origin, request_id: bytes,
@@ -75,8 +91,9 @@ def request_head(head, client_ip: bytes, origin, request_id: bytes,
               b"\r\nX-Forwarded-Proto: ", origin.scheme,
               b"\r\nX-Forwarded-Port: ", origin.port,
               b"\r\nSozu-Id: ", request_id, b"\r\n")
-    if head.upgrade is not None:
-        lines.append(b"Connection: Upgrade\r\nUpgrade: " + head.upgrade + b"\r\n")
+    upgrade = forwarded_upgrade(head)
+    if upgrade is not None:
+        lines.append(b"Connection: Upgrade\r\nUpgrade: " + upgrade + b"\r\n")
     elif head.version == b"HTTP/1.0":
         lines.append(b"Connection: close\r\n")
     lines.append(b"\r\n")

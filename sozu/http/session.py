@@ -478,7 +478,7 @@ class HttpSession(BodyStreams):
         exchange = self.exchange
         exchange.status = response.status
         exchange.first_byte = monotonic()
-        upgrade = response.status == 101 and head.upgrade is not None
+        upgrade = response.status == 101 and headers.forwarded_upgrade(head) is not None
         if response.status == 101 and not upgrade:
             raise Answer(502, "the backend switched protocols without being asked to")
         if self.ctx.draining or (http10 and response.body == "chunked"):

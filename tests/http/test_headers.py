@@ -61,6 +61,19 @@ def test_http10_requests_ask_the_backend_to_close_and_upgrades_keep_their_header
     assert b"Connection: Upgrade" in lines and b"Upgrade: websocket" in lines
 
 
+@pytest.mark.parametrize("offer, expected", [
+    (b"websocket", b"websocket"), (b"WebSocket", b"websocket"), (b"h2c, websocket", b"websocket"),
+    (b"h2c", None), (b"H2C", None), (b"websocketx", None), (b"websocket/13", None), (b"TLS/1.2", None),
+])
+def test_only_a_websocket_upgrade_is_forwarded(offer, expected):
+    raw = (b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: " + offer +
+           b"\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+    head, _ = parse_request_head(raw)
+    assert headers.forwarded_upgrade(head) == expected
+    hop = [l for l in forwarded(raw) if l.lower().startswith((b"upgrade", b"connection", b"http2-settings"))]
+    assert hop == ([b"Connection: Upgrade", b"Upgrade: websocket"] if expected else [])
+
+
 @pytest.mark.parametrize("cookie, expected", [
     (b"SOZUBALANCEID=b1; a=1", b"Cookie: a=1"),
     (b"a=1;SOZUBALANCEID=b1", b"Cookie: a=1"),

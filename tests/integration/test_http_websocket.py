@@ -185,3 +185,40 @@ def test_upgrade_is_ignored_in_http10(ws):
         response = read_response(sock.makefile("rb"))
     assert response.status == 502, "the backend's 101 answers a request that did not ask to upgrade"
     assert b"upgrade" not in ws.tunnel.heads[-1].lower()
+
+
+H2C = (b"GET %s HTTP/1.1\r\nHost: ws.test\r\nUpgrade: %s\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+       b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+
+
+@pytest.mark.parametrize("token", [b"h2c", b"H2C", b"TLS/1.2", b"websocketx"])
+def test_an_upgrade_other_than_websocket_is_a_plain_request(ws, token):
+    """Only websocket tunnels are proxied: any other upgrade (h2c would give the client a raw
+    tunnel past routing) reaches the backend as a plain request, which it answers as such."""
+    with socket.create_connection(("127.0.0.1", ws.port), timeout=5) as sock, sock.makefile("rb") as reader:
+        sock.sendall(H2C % (b"/decline", token))
+        response = read_response(reader)
+        assert (response.status, response.body) == (200, b"declined")
+        sent = ws.tunnel.heads[-1].lower()
+        assert b"upgrade" not in sent and b"http2-settings" not in sent, sent
+        sock.sendall(b"GET /decline HTTP/1.1\r\nHost: ws.test\r\n\r\n")
+        assert read_response(reader).body == b"declined", "the connection is still HTTP"
+
+
+def test_a_101_to_an_upgrade_other_than_websocket_is_a_502(ws):
+    with socket.create_connection(("127.0.0.1", ws.port), timeout=5) as sock:
+        sock.sendall(H2C % (b"/chat", b"h2c"))
+        response = read_response(sock.makefile("rb"))
+    assert response.status == 502, "the backend's 101 answers a request that did not ask for a websocket"
+    assert b"upgrade" not in ws.tunnel.heads[-1].lower()
+
+
+@pytest.mark.parametrize("token", [b"WebSocket", b"h2c, websocket"])
+def test_the_websocket_token_is_recognized_in_any_case_and_among_others(ws, token):
+    with socket.create_connection(("127.0.0.1", ws.port), timeout=5) as sock:
+        sock.sendall(HANDSHAKE.replace(b"Upgrade: websocket", b"Upgrade: " + token))
+        assert read_head(sock).startswith(b"HTTP/1.1 101")
+        sock.sendall(b"ping")
+        assert read_exactly(sock, 4) == b"PING"
+    sent = ws.tunnel.heads[-1].lower().split(b"\r\n")
+    assert b"upgrade: websocket" in sent and b"connection: upgrade" in sent
