@@ -2,9 +2,10 @@
 sozu.http.session.HttpSession, whose waits and deadlines it uses).
 
 Bodies are never held whole: Content-Length bodies are copied by count, chunked bodies are
-forwarded as they are while a ChunkedFramer checks their framing (what arrived with the head is
-checked before a backend is chosen, so a smuggling attempt sent in one piece reaches none),
-read-until-close bodies end the client connection. A body larger than one buffer_size piece
+forwarded as they are (decoded for an HTTP/1.0 client, which knows no chunks) while a
+ChunkedFramer checks their framing (what arrived with the head is checked before a backend is
+chosen, so a smuggling attempt sent in one piece reaches none), read-until-close bodies end the
+client connection. A body larger than one buffer_size piece
 borrows a buffer of 16 pieces from the worker (sozu.http.buffers) for the rest of its exchange.
 """
 from __future__ import annotations
@@ -80,10 +81,11 @@ class BodyStreams:
             self.backend_send(connection, data)
             exchange.bytes_in += used
 
-    def copy_response_body(self, response, connection, head: bytes, rest) -> bool:
+    def copy_response_body(self, response, connection, head: bytes, rest, dechunked: bool) -> bool:
         """Send the response head and stream the body (which starts with rest); True when the
         backend connection is left clean: nothing came after the response. The head goes out
-        with the body's first bytes: one send for a small response."""
+        with the body's first bytes: one send for a small response. dechunked: a chunked body
+        goes out as its chunk data only."""
         kind = response.body
         if kind == "none":
             self.client_send(head)
@@ -104,14 +106,19 @@ class BodyStreams:
         self.client_send(head)
         if kind == "chunked":
             framer = ChunkedFramer(self.ctx.limits, 502)
+            spans = [] if dechunked else None
             data = rest
             while True:
                 if data:
                     try:
-                        used = framer.feed(data)
+                        used = framer.feed(data, spans)
                     except ProtocolError as error:
                         raise Aborted(f"backend sent a bad chunked body: {error.message}") from None
-                    self.client_send(data if used == len(data) else data[:used])
+                    if spans is None:
+                        self.client_send(data if used == len(data) else data[:used])
+                    elif spans:
+                        self.client_send(b"".join(data[start:end] for start, end in spans))
+                        spans.clear()
                     if framer.done:
                         return used == len(data)
                 data = self.backend_recv(connection)

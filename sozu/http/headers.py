@@ -10,7 +10,8 @@ line-by-line pass). Only three kinds of work are done on the way:
     a client cannot spoof them; X-Forwarded-For and Forwarded get the client appended;
   - the message's framing is made explicit for the next hop (one Content-Length; Connection).
 Transfer-Encoding is hop-by-hop too, but sozu forwards chunked bodies as they are, so the header
-that describes them stays.
+that describes them stays; except to an HTTP/1.0 client, which knows no chunks (RFC 9112 §6.1):
+it gets the body decoded, delimited by the end of the connection.
 """
 from __future__ import annotations
 
@@ -101,13 +102,17 @@ def request_head(head, client_ip: bytes, origin, request_id: bytes,
 
 
 def response_head(response, request_id: bytes, keep_alive: bool, http10: bool,
-                  set_cookie: bytes | None = None, upgrade: bool = False) -> bytes:
-    """The head sent to the client. Its field lines go out as they came, less the ones dropped."""
+                  set_cookie: bytes | None = None, upgrade: bool = False,
+                  dechunked: bool = False) -> bytes:
+    """The head sent to the client. Its field lines go out as they came, less the ones dropped.
+    dechunked: the chunked body goes out decoded, so without its Transfer-Encoding."""
     tokens = response.connection_tokens
-    if upgrade or not tokens <= PLAIN_TOKENS:  # the rare case: headers kept or named by Connection
+    if upgrade or dechunked or not tokens <= PLAIN_TOKENS:  # the rare case: a line-by-line pass
         drop = RESPONSE_DROP.union(tokens - FRAMING) if tokens else RESPONSE_DROP
         if upgrade:
             drop = drop - {b"upgrade"}
+        if dechunked:
+            drop = drop | {b"transfer-encoding"}
         fields = response_fields_without(response.headers, drop)
     else:
         fields = response_fields_searched(response.fields)

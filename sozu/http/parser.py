@@ -6,8 +6,9 @@ The proxy session owns the socket and a bytearray of what it has received. It ca
 ``parse_request_head(buf)`` (or ``parse_response_head``) after every read: ``None`` means "read
 more", ``(head, n)`` means the head is the first ``n`` bytes of ``buf``, anything wrong raises
 ``ProtocolError`` carrying the status to answer. A chunked body is then streamed through a
-``ChunkedFramer``, which only checks the framing and says where the body ends; the bytes are
-forwarded unchanged. Nothing here reads a clock, a socket or a logger.
+``ChunkedFramer``, which checks the framing and says where the body ends; the bytes are
+forwarded unchanged, or decoded (the framer says where the chunk data lies) for a client that
+knows no chunks. Nothing here reads a clock, a socket or a logger.
 
 Why strict: a proxy and the backend behind it must agree on where every message ends. Whenever
 the proxy accepts something that the backend reads differently (a bare LF, an obs-fold, a
@@ -565,7 +566,8 @@ _SIZE, _DATA, _DATA_CR, _DATA_LF, _TRAILER, _DONE = range(6)
 
 
 class ChunkedFramer:
-    """Validates a chunked body (RFC 9112 §7.1) as it streams by, without decoding it.
+    """Validates a chunked body (RFC 9112 §7.1) as it streams by, without copying it; asked
+    for spans, it says where the chunk data lies, which decodes the body.
 
     State persists across feed() calls, so any line may arrive split anywhere. Chunk data is
     skipped by arithmetic; only size lines, the CRLF after data and trailer lines are read.
@@ -584,9 +586,10 @@ class ChunkedFramer:
         self._trailer_size = 0
         self._trailer_count = 0
 
-    def feed(self, data: bytes | bytearray | memoryview) -> int:
+    def feed(self, data: bytes | bytearray | memoryview, spans: list | None = None) -> int:
         """Return how many leading bytes of data belong to the body (all unless it ends inside
-        data; after done, the rest is the next message). Raises ProtocolError."""
+        data; after done, the rest is the next message). Raises ProtocolError. spans: a list
+        to which the (start, end) of each piece of chunk data in data is appended, to decode."""
         n = len(data)
         pos = 0
         while pos < n:
@@ -595,7 +598,11 @@ class ChunkedFramer:
                 left = n - pos
                 if left < self._remaining:
                     self._remaining -= left
+                    if spans is not None:
+                        spans.append((pos, n))
                     return n
+                if spans is not None:
+                    spans.append((pos, pos + self._remaining))
                 pos += self._remaining
                 self._remaining = 0
                 self._state = _DATA_CR

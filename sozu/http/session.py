@@ -48,14 +48,15 @@ forwarded are not re-parsed; only hop-by-hop headers are removed, the sticky coo
 Cookie, and the X-Forwarded-*/Forwarded/Sozu-Id headers added. sozu answers its clients in
 HTTP/1.1 whatever the backend's version. An HTTP/1.0 request goes to the backend as HTTP/1.0
 with `Connection: close` (that backend connection is not reused); a backend that answers it
-chunked anyway has its body forwarded as it is, with `Connection: close`.
+chunked anyway has its body decoded, without Transfer-Encoding, and delimited by closing the
+client connection (RFC 9112 §6.1: no chunks to a client that does not know them).
 
 Two failures are recovered from where they happen: a pooled backend connection that the backend
 closed as it was reused (no byte of a response) is retried once on a fresh one when the request
 has no body and may be repeated (`StaleConnection`: the pool checks every connection before
-reuse, but a close can race the check); and a backend that stops reading the request body (it answered 413 or 401
-early) still has its answer read and forwarded (`BackendStoppedReading`). Every other error
-ends the connection at its edge, sozu.http.edge.serve().
+reuse, but a close can race the check); and a backend that stops reading the request body (it
+answered 413 or 401 early) still has its answer read and forwarded (`BackendStoppedReading`).
+Every other error ends the connection at its edge, sozu.http.edge.serve().
 
 The session gets a SessionContext (sozu.http.context), never the worker itself.
 """
@@ -481,7 +482,8 @@ class HttpSession(BodyStreams):
         upgrade = response.status == 101 and headers.forwarded_upgrade(head) is not None
         if response.status == 101 and not upgrade:
             raise Answer(502, "the backend switched protocols without being asked to")
-        if self.ctx.draining or (http10 and response.body == "chunked"):
+        dechunked = http10 and response.body == "chunked"
+        if self.ctx.draining or dechunked:
             self.keep_alive = False
         keep_alive = self.keep_alive = self.keep_alive and response.body != "close"
         set_cookie = None
@@ -490,13 +492,13 @@ class HttpSession(BodyStreams):
             if backend_sticky != sticky_id:
                 set_cookie = self.listener.sticky_name + b"=" + backend_sticky.encode() + b"; Path=/"
         head_bytes = rules.edit_response(self.route, headers.response_head(
-            response, self.request_id, keep_alive, http10, set_cookie, upgrade))
+            response, self.request_id, keep_alive, http10, set_cookie, upgrade, dechunked))
         self.response_started = True
         if upgrade:
             self.client_send(head_bytes)
             self.tunnel(connection, rest)
             return
-        clean = self.copy_response_body(response, connection, head_bytes, rest)
+        clean = self.copy_response_body(response, connection, head_bytes, rest, dechunked)
         # An HTTP/1.0 request told the backend to close, whatever its answer says; a request
         # whose body could not all be sent left the connection in an unknown state.
         if clean and response.keep_alive and not (http10 or self.body_unread or connection.private):

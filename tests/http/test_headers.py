@@ -110,6 +110,14 @@ def test_response_set_cookie_and_upgrade():
     assert b"Upgrade: websocket" in lines and b"Connection: Upgrade" in lines
 
 
+def test_a_dechunked_response_goes_without_its_transfer_encoding():
+    raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n"
+    lines = returned(raw, keep_alive=False, http10=True, dechunked=True)
+    assert b"X-A: 1" in lines and b"Connection: close" in lines
+    assert not any(l.lower().startswith(b"transfer-encoding") for l in lines)
+    assert b"Transfer-Encoding: chunked" in returned(raw), "forwarded as it is to HTTP/1.1"
+
+
 def test_the_pure_http_modules_import_neither_gevent_nor_sockets():
     import subprocess
     import sys

@@ -332,6 +332,29 @@ def test_split_chunked_body_gives_same_result(body, cuts, after):
     assert framer.done and used == len(body) == reference_body_end(stream)
 
 
+def reference_decoded(body: bytes) -> bytes:
+    """The chunk data of a valid chunked body. Naive: one chunk at a time."""
+    data, pos = b"", 0
+    while size := int(body[pos:body.index(b"\r\n", pos)].split(b";")[0], 16):
+        start = body.index(b"\r\n", pos) + 2
+        data += body[start:start + size]
+        pos = start + size + 2
+    return data
+
+
+@FAST
+@given(chunked_bodies(), st.lists(st.integers(0, 400), max_size=6))
+def test_the_data_spans_of_a_split_chunked_body_are_its_decoded_data(body, cuts):
+    points = sorted({min(c, len(body)) for c in cuts} | {len(body)})
+    framer, decoded, start = ChunkedFramer(), [], 0
+    for point in points:
+        piece, spans = memoryview(body)[start:point], []
+        framer.feed(piece, spans)
+        decoded += [bytes(piece[begin:end]) for begin, end in spans]
+        start = point
+    assert framer.done and b"".join(decoded) == reference_decoded(body)
+
+
 # --- every single-byte edit of representative messages (exhaustive, not sampled) --------------
 
 SAMPLE_REQUEST = (

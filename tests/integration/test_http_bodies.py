@@ -264,3 +264,45 @@ def test_a_backend_answering_before_reading_the_whole_body_is_heard(raw_proxy):
         response = request(port, "POST", "/upload", body=b"u" * (8 << 20))
         assert response.status == 413 and response.body == b"too large"
         assert response.header("Connection") == "close"
+
+
+def read_until_close(sock) -> tuple[bytes, bytes]:
+    """(head, body) of an answer delimited by the end of the connection."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head, body
+
+
+@pytest.mark.parametrize("connection", [b"", b"Connection: keep-alive\r\n"], ids=["close", "keep-alive"])
+def test_a_chunked_answer_reaches_an_http10_client_decoded_and_delimited_by_close(proxy1, connection):
+    """RFC 9112 §6.1: no Transfer-Encoding to an HTTP/1.0 client, which knows no chunks; the
+    end of the connection delimits the body instead (§6.3)."""
+    sock, _ = connect(proxy1)
+    with sock:
+        sock.sendall(b"GET /chunked/2500 HTTP/1.0\r\n" + H + connection + b"\r\n")
+        head, body = read_until_close(sock)
+    lines = head.lower().split(b"\r\n")
+    assert lines[0] == b"http/1.1 200 ok"
+    assert not any(line.startswith((b"transfer-encoding", b"content-length")) for line in lines), head
+    assert b"connection: close" in lines
+    assert body == b"c" * 2500
+
+
+def test_chunk_extensions_trailers_and_split_chunks_are_decoded_for_an_http10_client(raw_proxy):
+    pieces = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Kept: yes\r\n\r\n5;ext=\"a b\"\r\nhe",
+              b"llo\r\n", b"6\r", b"\n world\r\n0\r\nX-Trailer: dropped\r\n", b"\r\n"]
+
+    def respond(conn, data):
+        for piece in pieces:
+            conn.sendall(piece)
+            time.sleep(0.05)  # each piece is a read of its own for the proxy
+        conn.recv(1)  # the proxy closes: an answer to HTTP/1.0 ends its backend connection too
+
+    port, _ = raw_proxy(respond)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n" + H + b"\r\n")
+        head, body = read_until_close(sock)
+    assert b"x-kept: yes" in head.lower() and b"transfer-encoding" not in head.lower()
+    assert body == b"hello world"
