@@ -157,6 +157,7 @@ class EtcdProviderConfig:
     key: str | None = None
     user: str | None = None            # etcd authentication, with password
     password: str | None = None
+    addresses: tuple[tuple[str, str], ...] = ()  # (listener address in etcd, this proxy's own)
     heartbeat: int = 5                 # s: how often a silent watch is checked for
     timeout: int = 5                   # s: one request to etcd
 
@@ -385,8 +386,19 @@ def _parse_provider(top: _Table) -> ProviderConfig:
     _together(table, "certificate", paths["certificate"], "key", paths["key"])
     user, password = table.string("user", None), table.string("password", None)
     _together(table, "user", user, "password", password)
+    mapping = value["etcd"].get("addresses", {})
+    if not isinstance(mapping, dict):
+        raise table.error("addresses", "wrong type", mapping,
+                          'a table of "ADDRESS IN ETCD" = "ADDRESS HERE"')
+    pairs = []
+    for there, here in mapping.items():
+        try:
+            pairs.append((addresses.parse(there), addresses.parse(here)))
+        except (addresses.AddressError, TypeError, AttributeError):
+            raise ConfigError(top.ctx.file, f'provider.etcd.addresses."{there}"', "invalid value",
+                              here, "IP:PORT = IP:PORT") from None
     return ProviderConfig(EtcdProviderConfig(
-        endpoints=tuple(endpoints) or EtcdProviderConfig.endpoints,
+        endpoints=tuple(endpoints) or EtcdProviderConfig.endpoints, addresses=tuple(pairs),
         prefix=prefix.rstrip("/") + "/", user=user, password=password,
         heartbeat=table.integer("heartbeat", 1, 3600, unit=" (seconds)"),
         timeout=table.integer("timeout", 1, 600, unit=" (seconds)"), **paths))

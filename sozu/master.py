@@ -42,6 +42,7 @@ from sozu.capacity import LoadBoard
 from sozu.channel import ChannelClosed, MasterChannel
 from sozu.health.checker import HealthChecker
 from sozu.metrics_server import MetricsServer
+from sozu.provider.child import ProviderChild
 from sozu.prometheus import render as render_prometheus
 from sozu.statsd import StatsdSender
 from sozu.messages import MessageError
@@ -112,6 +113,8 @@ class Master:
         self.worker_upgrades = 0
         self.metrics_server: MetricsServer | None = None
         self.statsd: StatsdSender | None = None
+        # [provider.etcd]: a child the master keeps alive (sozu/provider/child.py)
+        self.provider = ProviderChild(config.path) if config.provider.etcd is not None else None
         self._wakeup_r, self._wakeup_w = os.pipe()
         os.set_blocking(self._wakeup_r, False)
         os.set_blocking(self._wakeup_w, False)
@@ -147,6 +150,8 @@ class Master:
                 if self.statsd is not None:
                     self.statsd.tick(now)
                 self.check_heartbeats(now)
+                if self.provider is not None and self.ready_fd is None and not self.stopping:
+                    self.provider.tick(now)  # once this master serves the command socket
             except Exception:  # the master loop edge: log, keep supervising
                 log.exception("error in the master loop; continuing")
                 time.sleep(0.1)
@@ -353,6 +358,8 @@ class Master:
                 return
             worker = self.workers.pop(pid, None)
             if worker is None:
+                if self.provider is not None and self.provider.exited(pid, status):
+                    continue
                 if self.upgrade is not None:
                     self.upgrade.child_exited(pid, _describe_exit(status))
                 continue
@@ -578,6 +585,8 @@ class Master:
         if self.stopping == "hard" or self.stopping == how:
             return
         self.stopping = how
+        if self.provider is not None:  # a newer generation runs its own
+            self.provider.stop()
         if self.last_generation:  # a retired generation's stop is no stop of the service
             systemd.notify("STOPPING=1")
         if self.upgrade is not None:  # stopping wins: a new master would find its files removed

@@ -51,3 +51,11 @@ def test_a_bad_setting_is_an_error_naming_the_key(section, key):
 def test_an_unknown_provider_is_an_error():
     with pytest.raises(ConfigError, match="provider.consul"):
         parse(BASE + "[provider.consul]\n", "/etc/sozu/c.toml")
+
+
+def test_addresses_map_the_listeners_of_etcd_to_this_proxys():
+    etcd = parse(BASE + '[provider.etcd]\naddresses = { "0.0.0.0:80" = "127.0.0.1:8080" }\n',
+                 "/etc/sozu/c.toml").provider.etcd
+    assert etcd.addresses == (("0.0.0.0:80", "127.0.0.1:8080"),)
+    with pytest.raises(ConfigError, match='provider.etcd.addresses."0.0.0.0:80"'):
+        parse(BASE + '[provider.etcd]\naddresses = { "0.0.0.0:80" = "here" }\n', "/etc/sozu/c.toml")

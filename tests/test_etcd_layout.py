@@ -112,3 +112,13 @@ def test_regex_rules_of_one_host_keep_the_order_of_their_names():
 
 def test_prefixes_end_with_one_slash():
     assert normalize_prefix("/sozu") == normalize_prefix("/sozu/") == "/sozu/"
+
+
+def test_listener_addresses_are_mapped_both_ways():
+    here = {"127.0.0.1:8080": "127.0.0.1:18080"}
+    state = translate(P, GOOD, addresses=here).state
+    assert list(state.listeners) == ["127.0.0.1:18080"]
+    assert {host[0] for host in state.http_fronts} == {"127.0.0.1:18080"}
+    assert state.backends["app1"][0]["address"] == "127.0.0.1:1026"  # a backend is no listener
+    back = keys_of(P, state, {v: k for k, v in here.items()})
+    assert translate(P, back).state == translate(P, GOOD).state

@@ -527,7 +527,10 @@ def config_check(options: dict) -> int:
 # --- etcd (docs/etcd.md): the file's configuration into etcd; etcd against the proxy ----------
 
 def _etcd_config(path: str):
-    config = sozu.config.load(path)
+    try:
+        config = sozu.config.load(path)
+    except sozu.config.ConfigError as e:
+        raise CliError(str(e)) from None
     if config.provider.etcd is None:
         raise CliError(f"{path}: no [provider.etcd] section")
     return config

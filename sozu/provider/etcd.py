@@ -25,6 +25,7 @@ import base64
 import logging
 import os
 import queue
+import shutil
 import signal
 import tempfile
 import threading
@@ -72,6 +73,7 @@ class Etcd:
 
     def __init__(self, settings, prefix: str):
         self.settings, self.prefix = settings, prefix
+        self.addresses = dict(settings.addresses)  # etcd's -> this proxy's
         self.endpoint = 0
         self.client: etcd3gw.Etcd3Client | None = None
 
@@ -160,7 +162,7 @@ class Proxy:
             self._send("PROXY", order)
 
     def close(self) -> None:
-        os.rmdir(self.directory)
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def _check(order: Order) -> None:
@@ -181,6 +183,11 @@ class Provider:
         self.applied: ConfigState | None = None  # what the proxy holds from etcd, once synced
         self.refused: dict[str, str] = {}
         self.full_sync = True
+        self.events: queue.Queue = queue.Queue()  # the watch's events; None: stop
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.events.put(None)
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -224,14 +231,18 @@ class Provider:
                        "keeps its state (sozuctl etcd push writes one)")
             self.full_sync = False
             return
+        self.load(translation)
+
+    def load(self, translation: Translation) -> None:
+        """Have the proxy load the whole state (it applies the difference with its own)."""
         answer = self.proxy.load(translation.state)
         self.applied, self.full_sync = translation.state, False
-        self.status = "watching"  # a full read is rare: always logged
-        log.info("etcd at %s: %d keys read at revision %s; the proxy: %s", self.etcd.where,
+        self.status = "watching"  # rare: always logged
+        log.info("etcd at %s: %d keys at revision %s loaded; the proxy: %s", self.etcd.where,
                  len(self.kvs), self.revision, answer)
 
     def watch(self) -> None:
-        events: queue.Queue = queue.Queue()
+        events = self.events = queue.Queue()
         watcher = self.etcd.watch(self.revision + 1, events)
         try:
             suspicious = 0
@@ -252,6 +263,8 @@ class Provider:
                         batch.append(events.get_nowait())
                     except queue.Empty:
                         break
+                if None in batch:  # stop()
+                    return
                 suspicious = 0
                 self.apply_events(batch)
         finally:
@@ -273,14 +286,13 @@ class Provider:
             else:
                 kvs[key] = kv.get("value", b"")
             revision = max(revision, int(kv.get("mod_revision", revision)))
-        self.kvs = kvs
+        self.kvs, self.revision = kvs, revision
         translation = self.translate()
         if not kvs:
             self.enter("empty", logging.WARNING,
                        f"every key under {self.etcd.prefix} was removed: the proxy keeps its state")
         elif self.applied is None:
-            self.proxy.load(translation.state)
-            self.applied = translation.state
+            self.load(translation)
         else:
             orders = self.applied.diff(translation.state)
             self.full_sync = True  # until every order is taken: some may be, not all
@@ -288,10 +300,10 @@ class Provider:
             self.full_sync = False
             self.applied = translation.state
             log.debug("revision %s: %d orders sent", revision, len(orders))
-        self.revision = revision
 
     def translate(self) -> Translation:
-        translation = translate(self.etcd.prefix, self.kvs, check=_check)
+        translation = translate(self.etcd.prefix, self.kvs, check=_check,
+                                addresses=self.etcd.addresses)
         for key, reason in sorted(translation.refused.items()):
             if self.refused.get(key) != reason:
                 log.error("etcd key %s refused: %s", key, reason)
@@ -316,7 +328,7 @@ def run(config) -> int:
                         settings.heartbeat)
 
     def stop(signum, frame):
-        provider.stopping.set()
+        provider.stop()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.info("following etcd %s under %s", ", ".join(settings.endpoints), prefix)
@@ -334,8 +346,9 @@ def push(config) -> str:
     change are put, those no longer wanted deleted."""
     settings = config.provider.etcd
     prefix = normalize_prefix(settings.prefix)
-    wanted = keys_of(prefix, ConfigState.from_orders(config.to_orders()))
     etcd = Etcd(settings, prefix)
+    wanted = keys_of(prefix, ConfigState.from_orders(config.to_orders()),
+                     {here: there for there, here in etcd.addresses.items()})
     etcd.connect()
     current = etcd.read().kvs
     puts = [{"request_put": {"key": _b64(key), "value": base64.b64encode(value).decode()}}
@@ -356,7 +369,7 @@ def diff(config) -> tuple[list[Order], dict[str, str]]:
     prefix = normalize_prefix(settings.prefix)
     etcd = Etcd(settings, prefix)
     etcd.connect()
-    translation = translate(prefix, etcd.read().kvs, check=_check)
+    translation = translate(prefix, etcd.read().kvs, check=_check, addresses=etcd.addresses)
     proxy = Proxy(config.command_socket, config.ctl_command_timeout + 5000)
     try:
         running = proxy.current()

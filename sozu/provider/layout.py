@@ -15,8 +15,12 @@ categories in the order above (what an object depends on comes first), keys sort
 category (so a host's regex rules are tried in the order of their keys). A listener is also
 activated. A key whose value is not such an order, names another object than its key, or that
 the state refuses (a frontend of an unknown application) is refused: it is left out, with
-the reason, and the others are applied. `orders_of` and `keys_of` translate both ways;
+the reason, and the others are applied. `translate` and `keys_of` go both ways;
 `ConfigState.diff` turns one state into the next.
+
+Addresses: instances that share one configuration but listen on addresses of their own (their
+host's IP, or ports of their own on one machine) map the listener addresses named in etcd to
+theirs (`relocate`): a listener's and a certificate's `front`, a frontend's `address`.
 """
 from __future__ import annotations
 
@@ -101,10 +105,25 @@ def parse(prefix: str, key: str, value: bytes) -> tuple[str, list[Order]]:
     return category, [order]
 
 
+def relocate(order: Order, addresses: Mapping[str, str]) -> Order:
+    """The order with the listener address it names mapped through `addresses`."""
+    if order.type.endswith("_FRONT"):
+        field = "address"
+    elif order.type.endswith("_LISTENER") or order.type == "ADD_CERTIFICATE":
+        field = "front"
+    else:
+        return order
+    if order.data[field] not in addresses:
+        return order
+    return Order(order.type, {**order.data, field: addresses[order.data[field]]})
+
+
 def translate(prefix: str, kvs: Mapping[str, bytes],
-              check: Callable[[Order], None] | None = None) -> Translation:
-    """The state the keys under `prefix` describe. `check(order)` may refuse an order the
-    state accepts (the proxy's TLS checks) by raising ValueError."""
+              check: Callable[[Order], None] | None = None,
+              addresses: Mapping[str, str] | None = None) -> Translation:
+    """The state the keys under `prefix` describe, listener addresses mapped through
+    `addresses`. `check(order)` may refuse an order the state accepts (the proxy's TLS
+    checks) by raising ValueError."""
     parsed, refused = [], {}
     for key, value in kvs.items():
         try:
@@ -112,6 +131,8 @@ def translate(prefix: str, kvs: Mapping[str, bytes],
         except InvalidKey as error:
             refused[key] = str(error)
             continue
+        if addresses:
+            orders = [relocate(order, addresses) for order in orders]
         name = key[len(prefix):].split("/", 2)[-1] if category == "frontends" else ""
         parsed.append((_RANK[category], name, key, orders))
     state = ConfigState()
@@ -129,8 +150,10 @@ def translate(prefix: str, kvs: Mapping[str, bytes],
     return Translation(state, refused)
 
 
-def keys_of(prefix: str, state: ConfigState) -> dict[str, bytes]:
-    """The keys (and values) that describe `state`: what `sozuctl etcd push` writes. Free
+def keys_of(prefix: str, state: ConfigState,
+            addresses: Mapping[str, str] | None = None) -> dict[str, bytes]:
+    """The keys (and values) that describe `state`, its listener addresses mapped through
+    `addresses` (the inverse of translate's): what `sozuctl etcd push` writes. Free
     names are numbered in the order of `state.to_orders()`, which keeps the orders that matter
     (an application's backends, a listener's certificates, a host's regex rules)."""
     keys: dict[str, bytes] = {}
@@ -145,6 +168,7 @@ def keys_of(prefix: str, state: ConfigState) -> dict[str, bytes]:
         keys[key] = json.dumps(order.to_json(), sort_keys=True).encode()
 
     for order in state.to_orders():
+        order = relocate(order, addresses) if addresses else order
         data, kind = order.data, order.type
         if kind in ("ADD_HTTP_LISTENER", "ADD_HTTPS_LISTENER", "ADD_TCP_LISTENER"):
             put("listeners", data["front"], None, order)

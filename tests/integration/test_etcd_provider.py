@@ -1,16 +1,15 @@
 """The etcd provider with a real etcd server, a real sozu and real clients (docs/etcd.md)."""
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
-import threading
 import time
 
 import pytest
 
 from tests.integration.etcd_server import etcd_server  # noqa: F401 (a fixture)
 from tests.integration.harness import PYTHON, ROOT, free_port, http_config, routed_to, wait_for
+from tests.integration.load import Load, LoadClient
 
 PREFIX = "/sozu/"
 
@@ -89,7 +88,7 @@ def test_the_proxy_follows_etcd(tmp_path, sozu, backend, etcd_server, provider):
     assert "keys put" in pushed(proxy)
     assert "already holds" in pushed(proxy)
     watcher = provider(proxy)
-    wait_for(lambda: "keys read at revision" in watcher.log(), what="the first sync")
+    wait_for(lambda: "keys at revision" in watcher.log(), what="the first sync")
     assert routed_to(port, "localhost")[1] == "b1"
 
     backend_key(etcd_server, "b2", b2.port)
@@ -113,7 +112,7 @@ def test_an_invalid_value_is_refused_with_its_key_and_the_rest_applied(
     proxy = sozu(config(tmp_path, port, [b1.port], etcd_server))
     pushed(proxy)
     watcher = provider(proxy)
-    wait_for(lambda: "keys read at revision" in watcher.log(), what="the first sync")
+    wait_for(lambda: "keys at revision" in watcher.log(), what="the first sync")
     etcd_server.put(f"{PREFIX}applications/broken", "{not json")
     etcd_server.put(f"{PREFIX}backends/app/bad", {"type": "ADD_BACKEND", "data": {"app_id": "app"}})
     backend_key(etcd_server, "b2", b2.port)
@@ -141,35 +140,10 @@ def test_etcd_down_at_start_then_up(tmp_path, sozu, backend, etcd_server, provid
     assert watcher.log().count("unreachable") == 1
     assert routed_to(port, "localhost")[1] == "b1"
     etcd_server.start()
-    wait_for(lambda: "keys read at revision" in watcher.log(), timeout=20, what="the sync once up")
+    wait_for(lambda: "keys at revision" in watcher.log(), timeout=20, what="the sync once up")
     backend_key(etcd_server, "b2", b2.port)
     wait_for(lambda: f"127.0.0.1:{b2.port}" in backends_everywhere(proxy)["master"],
              what="a change after the outage")
-
-
-class Load:
-    """Requests in a loop on new connections until stopped; counts the failures."""
-
-    def __init__(self, port):
-        self.port, self.ok, self.failed = port, 0, []
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self):
-        while not self.stopping.is_set():
-            try:
-                status, _ = routed_to(self.port, "localhost")
-                if status == 200:
-                    self.ok += 1
-                else:
-                    self.failed.append(status)
-            except OSError as error:
-                self.failed.append(repr(error))
-
-    def stop(self):
-        self.stopping.set()
-        self.thread.join(10)
 
 
 def test_etcd_restarted_under_load_resumes_by_revision_or_reads_again_when_compacted(
@@ -179,9 +153,8 @@ def test_etcd_restarted_under_load_resumes_by_revision_or_reads_again_when_compa
     proxy = sozu(config(tmp_path, port, [b1.port], etcd_server))
     pushed(proxy)
     watcher = provider(proxy)
-    wait_for(lambda: "keys read at revision" in watcher.log(), what="the first sync")
-    load = Load(port)
-    try:
+    wait_for(lambda: "keys at revision" in watcher.log(), what="the first sync")
+    with Load(LoadClient(port)) as load:
         etcd_server.stop()
         wait_for(lambda: "unreachable" in watcher.log(), what="the outage noticed")
         etcd_server.start()
@@ -206,7 +179,5 @@ def test_etcd_restarted_under_load_resumes_by_revision_or_reads_again_when_compa
                  timeout=20, what="the missed changes applied")
         log = watcher.log()
         assert "the etcd watch is silent" in log
-        assert log.count("keys read at revision") == 2
-    finally:
-        load.stop()
-    assert load.ok > 0 and load.failed == []
+        assert log.count("keys at revision") == 2
+    assert load.ok > 0 and load.failures == []
