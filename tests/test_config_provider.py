@@ -59,3 +59,15 @@ def test_addresses_map_the_listeners_of_etcd_to_this_proxys():
     assert etcd.addresses == (("0.0.0.0:80", "127.0.0.1:8080"),)
     with pytest.raises(ConfigError, match='provider.etcd.addresses."0.0.0.0:80"'):
         parse(BASE + '[provider.etcd]\naddresses = { "0.0.0.0:80" = "here" }\n', "/etc/sozu/c.toml")
+
+
+def test_config_check_json_shows_the_provider_but_not_its_password(tmp_path, capsys):
+    import json
+
+    from sozu.ctl.cli import main
+    path = tmp_path / "c.toml"
+    path.write_text(BASE + '[provider.etcd]\nuser = "sozu"\npassword = "secret"\n')
+    assert main(["-c", str(path), "--json", "config", "check"]) == 0
+    out = capsys.readouterr().out
+    etcd = json.loads(out)["data"]["provider"]["etcd"]
+    assert etcd["user"] == "sozu" and etcd["password"] == "(set)" and "secret" not in out
