@@ -11,6 +11,7 @@ APT_PACKAGES += python3-venv     # ensurepip, for `python3 -m venv` (Debian ship
 APT_PACKAGES += python3-dev      # Python headers: python-prctl is a C extension
 APT_PACKAGES += gcc libc6-dev    # a C compiler and libc headers, to build it
 APT_PACKAGES += libcap-dev       # libcap headers, which python-prctl compiles against
+APT_PACKAGES += libseccomp2      # libseccomp, which pyseccomp loads: the workers' seccomp filter
 APT_PACKAGES += curl             # a real HTTP client in the tests, and in the README's first step
 APT_PACKAGES += openssl          # s_client and certificate tools in the HTTPS tests
 APT_PACKAGES += systemd          # systemd-analyze, to verify conf/sozu.service in the tests

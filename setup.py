@@ -11,6 +11,7 @@ setup(
         "pyOpenSSL>=24.0",
         "docopt>=0.6.2",
         "python-prctl>=1.8",
+        "pyseccomp>=0.1.2",
         'tomli>=2.0; python_version < "3.11"',
         "etcd3gw>=2.4",
     ],

@@ -30,8 +30,8 @@ import stat
 import time
 
 from sozu import logs, tls
-from sozu.messages import (STATE_ORDERS, Decoder, FrameTooLarge, MessageError, Order, Request,
-                           answer_id, dump_orders, encode, load_orders)
+from sozu.messages import (STATE_ORDERS, TEST_ORDERS, Decoder, FrameTooLarge, MessageError, Order,
+                           Request, answer_id, dump_orders, encode, load_orders)
 from sozu.metrics import aggregate
 from sozu.upgrade import ENV_COMMAND_FD
 from sozu.state import ConfigState, StateError, backend_health
@@ -325,6 +325,9 @@ class CommandServer:
                          lambda task, missing: self._finish_query(task, missing, mine), request.worker_id)
         elif order.type == "STATUS":
             self.fan_out(client, request.id, [order], self._finish_status, request.worker_id)
+        elif order.type in TEST_ORDERS:  # each worker's answer as it gave it
+            self.fan_out(client, request.id, [order],
+                         lambda task, missing: self._finish_query(task, missing, None), request.worker_id)
         else:
             raise MessageError(f"unsupported order {order.type}")
 

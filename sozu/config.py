@@ -32,6 +32,7 @@ from sozu.messages import MessageError, Order, health_check, normalize_hostname
 from sozu.state import front_rule
 from sozu.vocabulary import (DEFAULT_STICKY_NAME, LISTENER_TIMEOUTS, POLICY_BY_LOWER_NAME,
                              TLS_VERSIONS)
+from sozu.seccomp import ACTIONS as SECCOMP_ACTIONS
 
 _TIMEOUT = LISTENER_TIMEOUTS
 MAX_NAMED_FILE_SIZE = 1 << 20          # an answer page or a PEM file: it travels inside orders
@@ -169,6 +170,13 @@ class ProviderConfig:
 
 
 @dataclass(frozen=True)
+class SandboxConfig:
+    """The `sandbox` table: the worker's system call filter (sozu.seccomp)."""
+    seccomp: bool = True               # on where the kernel supports it (a warning where not)
+    seccomp_action: str = "kill"       # kill | eperm | log: what a call off the list does
+
+
+@dataclass(frozen=True)
 class Config:
     path: str                          # absolute path of the file
     command_socket: str                # absolute
@@ -190,6 +198,7 @@ class Config:
     user: str = "nobody"
     group: str = "nogroup"
     chroot: str | None = None
+    sandbox: SandboxConfig = SandboxConfig()
     ctl_command_timeout: int = 1000    # ms: the master waits this long for workers' answers
     worker_heartbeat_timeout: int = 10  # s: a silent worker is killed and replaced
     shutdown_grace_period: int = 30    # s: soft stop / upgrade drain bound, then hard close
@@ -332,10 +341,20 @@ def parse(text: str, path: str) -> Config:
     for name in ("user", "group"):
         settings[name] = top.string(name, expected=f"a {name} name or id", pattern=_ACCOUNT)
     settings["chroot"] = top.path("chroot", None, empty_is_none=True)
+    settings["sandbox"] = _parse_sandbox(top)
     listeners = _parse_listeners(top, settings)
     applications = _parse_applications(top, {listener.address: listener for listener in listeners})
     return Config(listeners=listeners, applications=applications, metrics=_parse_metrics(top),
                   provider=_parse_provider(top), explicit=frozenset(data), **settings)
+
+
+def _parse_sandbox(top: _Table) -> SandboxConfig:
+    value = top.data.get("sandbox", {})
+    if not isinstance(value, dict):
+        raise top.error("sandbox", "wrong type", value, "a table, like sandbox = { seccomp = true }")
+    table = _Table(top.ctx, value, "sandbox", SandboxConfig)
+    return SandboxConfig(seccomp=table.boolean("seccomp"),
+                         seccomp_action=table.choice("seccomp_action", SECCOMP_ACTIONS))
 
 
 _STATSD_PREFIX = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")

@@ -37,7 +37,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from sozu import listeners, systemd
+from sozu import listeners, seccomp, systemd
 from sozu.capacity import LoadBoard
 from sozu.channel import ChannelClosed, MasterChannel
 from sozu.health.checker import HealthChecker
@@ -382,7 +382,12 @@ class Master:
         if expected:
             log.info("worker %d (pid %d) exited: %s", worker.id, worker.pid, how)
             return
-        log.error("worker %d (pid %d) died: %s", worker.id, worker.pid, how)
+        if seccomp.violation(status):
+            log.error("worker %d (pid %d) sandbox violation: its seccomp filter killed it for a "
+                      "system call off the allow-list (the kernel log names the call)",
+                      worker.id, worker.pid)
+        else:
+            log.error("worker %d (pid %d) died: %s", worker.id, worker.pid, how)
         if not self.config.worker_automatic_restart:
             slot.wanted = False
             return

@@ -747,9 +747,17 @@ _COMMAND_CHECKS: dict[str, Checker] = {
     "LOGGING": _log_filter,
 }
 _ORDER_CHECKS = {**_STATE_CHECKS, **_COMMAND_CHECKS}
+# Orders for tests of the sandbox only: a worker makes a forbidden system call on purpose.
+# They exist once enable_test_orders() was called (sozu.startup, when SOZU_TEST_ORDERS=1).
+_TEST_CHECKS: dict[str, Checker] = {"TEST_FORBIDDEN_CALL": _enum(("execve", "ptrace"))}
+TEST_ORDERS: frozenset[str] = frozenset(_TEST_CHECKS)
 
 STATE_ORDERS: frozenset[str] = frozenset(_STATE_CHECKS)
 COMMAND_ORDERS: frozenset[str] = frozenset(_COMMAND_CHECKS)
+
+
+def enable_test_orders() -> None:
+    _ORDER_CHECKS.update(_TEST_CHECKS)
 
 
 @dataclass(frozen=True)

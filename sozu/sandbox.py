@@ -1,4 +1,5 @@
-"""Worker sandbox: unprivileged user, optional chroot, no capabilities, no new privileges.
+"""Worker sandbox: unprivileged user, optional chroot, no capabilities, no new privileges, and a
+system call filter.
 
 Theory of operation
 -------------------
@@ -56,6 +57,11 @@ The sandbox is split in two halves because of where the information lives:
       capabilities), which is also why an unprivileged worker, which cannot drop its bounding
       set (no CAP_SETPCAP), is still unable to gain a capability.
   11. Every property is read back from the kernel; any mismatch is a SandboxError.
+  12. The seccomp filter (sozu.seccomp), when the plan has an action: built right after warm(),
+      while libseccomp can still be read, and loaded last, so that none of the privileged
+      calls above needs to be on its allow-list. Nothing may be imported or opened afterwards
+      that the worker has not used before: the filter lets only the calls of a serving worker
+      through.
 
 Any failure raises SandboxError with a one-line message naming what failed. The process is
 then in an unknown, partly sandboxed state: the caller (the worker) must report the message and
@@ -87,6 +93,8 @@ from dataclasses import dataclass
 
 import prctl
 
+from sozu import seccomp
+
 log = logging.getLogger(__name__)
 
 CAP_SETPCAP = 8
@@ -109,12 +117,15 @@ class SandboxPlan:
     chroot: str | None  # absolute, symlinks resolved
     user: str
     group: str
+    seccomp_action: str | None = None  # sozu.seccomp.ACTIONS; None: no system call filter
 
 
-def plan(user: str, group: str, chroot: str | None) -> SandboxPlan:
+def plan(user: str, group: str, chroot: str | None,
+         seccomp_action: str | None = None) -> SandboxPlan:
     """Resolves the sandbox in the master, before fork, while /etc is still reachable.
 
-    ``user`` and ``group`` are names, or numeric ids that have no name.
+    ``user`` and ``group`` are names, or numeric ids that have no name. ``seccomp_action`` was
+    checked by the caller (sozu.seccomp.check()).
     """
     root_dir = _check_chroot(chroot) if chroot else None
     if os.geteuid() != 0:
@@ -122,14 +133,16 @@ def plan(user: str, group: str, chroot: str | None) -> SandboxPlan:
             log.warning("not started as root: chroot %s is not applied", root_dir)
         log.info("not started as root: workers keep uid %d (user %r not applied)",
                  os.geteuid(), user)
-        return SandboxPlan(uid=None, gid=None, chroot=None, user=user, group=group)
+        return SandboxPlan(uid=None, gid=None, chroot=None, user=user, group=group,
+                           seccomp_action=seccomp_action)
     uid = _lookup(user, "user", lambda n: pwd.getpwnam(n).pw_uid)
     gid = _lookup(group, "group", lambda n: grp.getgrnam(n).gr_gid)
     if uid == 0:
         raise SandboxError(f"user {user!r} has uid 0: workers must not run as root")
     if gid == 0:
         raise SandboxError(f"group {group!r} has gid 0: workers must not run as root's group")
-    return SandboxPlan(uid=uid, gid=gid, chroot=root_dir, user=user, group=group)
+    return SandboxPlan(uid=uid, gid=gid, chroot=root_dir, user=user, group=group,
+                       seccomp_action=seccomp_action)
 
 
 def apply(p: SandboxPlan) -> None:
@@ -144,6 +157,8 @@ def apply(p: SandboxPlan) -> None:
     _step("prctl(PR_SET_DUMPABLE, 0)", prctl.set_dumpable, 0)
     warm()
     _check_single_thread()
+    syscall_filter = _step("seccomp filter", seccomp.prepare, p.seccomp_action) \
+        if p.seccomp_action else None
     _step("prctl(PR_SET_KEEPCAPS, 0)", prctl.set_keepcaps, 0)
     if p.chroot:
         _step(f"chroot {p.chroot}", os.chroot, p.chroot)
@@ -159,7 +174,10 @@ def apply(p: SandboxPlan) -> None:
     _step("prctl(PR_SET_DUMPABLE, 0)", prctl.set_dumpable, 0)
     _step("prctl(PR_SET_NO_NEW_PRIVS, 1)", prctl.set_no_new_privs, 1)
     _verify(root_id, bounding_emptied)
-    log.debug("sandbox applied: uid=%s gid=%s chroot=%s", p.uid, p.gid, p.chroot)
+    if syscall_filter is not None:
+        _step("seccomp filter", seccomp.install, syscall_filter)
+    log.debug("sandbox applied: uid=%s gid=%s chroot=%s seccomp=%s", p.uid, p.gid, p.chroot,
+              p.seccomp_action)
 
 
 def warm(modules: Iterable[str] = ()) -> None:
@@ -218,6 +236,7 @@ def parse_status(text: str) -> dict:
             "cap_inh": int(fields["CapInh"], 16),
             "cap_amb": int(fields.get("CapAmb", "0"), 16),
             "cap_bnd": int(fields["CapBnd"], 16),
+            "seccomp": int(fields.get("Seccomp", "0")),  # 2: a filter is loaded
         }
     except (KeyError, ValueError) as e:
         raise SandboxError(f"unexpected /proc status format: {e}") from None
@@ -256,7 +275,7 @@ def _step(what: str, fn, *args):
     except OSError as e:
         reason = e.strerror or os.strerror(e.errno or 0) or str(e)
         raise SandboxError(f"{what}: {reason}") from None
-    except (ImportError, ValueError, TypeError) as e:
+    except (ImportError, ValueError, TypeError, seccomp.SeccompUnavailable) as e:
         raise SandboxError(f"{what}: {e}") from None
 
 

@@ -118,14 +118,34 @@ def write_pid_file(path: str | None) -> None:
 def sandbox_plan(config):
     from sozu import sandbox
     try:
-        return sandbox.plan(config.user, config.group, config.chroot)
+        return sandbox.plan(config.user, config.group, config.chroot, seccomp_action(config))
     except sandbox.SandboxError as error:
         raise StartupError(f"sandbox: {error}") from None
+
+
+def seccomp_action(config) -> str | None:
+    """The workers' seccomp action, or None: off in the file, or not possible here. On by
+    default, a missing kernel feature or libseccomp is a warning; asked for in the file's
+    sandbox table, it is a start-up error."""
+    if not config.sandbox.seccomp:
+        return None
+    from sozu import seccomp
+    reason = seccomp.check()
+    if reason is None:
+        return config.sandbox.seccomp_action
+    if "sandbox" in config.explicit:
+        raise StartupError(f"sandbox.seccomp: {reason}; set sandbox.seccomp = false to run "
+                           "workers without a system call filter")
+    log.warning("seccomp: %s: workers run without a system call filter", reason)
+    return None
 
 
 def start(config) -> int:
     logs.setup(config.log_level, config.log_target, config.log_access_target, "MASTER",
                config.log_access_format)
+    if os.environ.get("SOZU_TEST_ORDERS") == "1":  # tests of the sandbox only (sozu.messages)
+        from sozu.messages import enable_test_orders
+        enable_test_orders()
     from sozu.upgrade import take_handover
     handed_over, ready_fd, generation = take_handover()
     try:

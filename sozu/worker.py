@@ -39,7 +39,7 @@ import gevent.pool
 from gevent import socket as gsocket
 from gevent.server import StreamServer
 
-from sozu import logs, tcp, tls
+from sozu import logs, seccomp, tcp, tls
 from sozu.channel import ChannelClosed, WorkerChannel
 from sozu.http import answers
 from sozu.connector import BackendConnector
@@ -265,6 +265,8 @@ class Worker:
             return {"active_connections": len(self.pool), "draining": self.draining}
         elif order.type == "QUERY":
             return self.query(order.data)
+        elif order.type == "TEST_FORBIDDEN_CALL":  # exists only in tests (sozu.messages)
+            return seccomp.forbidden_call(order.data)
         else:
             if order.type.startswith("ADD_") and order.type.endswith("_LISTENER"):
                 self.adopt_listener(order.data["front"], message.get("fds", 0))

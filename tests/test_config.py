@@ -205,6 +205,10 @@ def test_integer_ranges(key, good, bad):
     ('metrics = { prefix = "a b" }', "metrics.prefix"),
     ("metrics = { tagged_metrics = 1 }", "metrics.tagged_metrics"),
     ("metrics = { flush_interval = 0 }", "metrics.flush_interval"),
+    ("sandbox = true", "sandbox"),
+    ("sandbox = { seccomp = 1 }", "sandbox.seccomp"),
+    ('sandbox = { seccomp_action = "trap" }', "sandbox.seccomp_action"),
+    ("sandbox = { secomp = false }", "sandbox.secomp"),
 ])
 def test_wrong_types_and_unknown_keys(line, key):
     assert fails(line + "\n", listeners=False).key == key
@@ -238,6 +242,12 @@ def test_relative_config_path_is_made_absolute():
     c = parse(HEAD, "relative/dir/sozu.toml")
     assert c.path == os.path.abspath("relative/dir/sozu.toml")
     assert c.command_socket == os.path.abspath("relative/dir/sozu.sock")
+
+
+def test_sandbox_table_defaults_to_seccomp_kill():
+    assert cfg("").sandbox == config.SandboxConfig(seccomp=True, seccomp_action="kill")
+    assert cfg('[sandbox]\nseccomp_action = "eperm"\n').sandbox.seccomp_action == "eperm"
+    assert cfg("sandbox = { seccomp = false }\n").sandbox.seccomp is False
 
 
 def test_empty_chroot_means_none():
@@ -796,7 +806,8 @@ def test_default_config_documents_only_known_keys():
     """Every commented-out `# key = value` of conf/config.toml is a key sozu accepts somewhere."""
     import re
     schemas = (config.Config, config.ListenerConfig, config.ApplicationConfig, config.FrontendConfig,
-               config.BackendConfig, config.MetricsConfig, config.EtcdProviderConfig)
+               config.BackendConfig, config.MetricsConfig, config.EtcdProviderConfig,
+               config.SandboxConfig)
     known = {f.name for schema in schemas for f in dataclasses.fields(schema)}
     known |= set(health_check({}))  # [applications.NAME.health_check]
     top_keys = {f.name for f in dataclasses.fields(config.Config)} - {"path", "listeners", "applications", "explicit",

@@ -1,6 +1,7 @@
 """Sandbox tests on real forked processes: the child applies the sandbox and reports what it
 observes through a pipe, then waits while the parent reads /proc/<child> from the outside."""
 
+import errno
 import grp
 import json
 import os
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import prctl
 import pytest
 
-from sozu import sandbox
+from sozu import sandbox, seccomp
 
 IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(
@@ -385,3 +386,65 @@ def test_describe_reads_this_process():
 def _tuples(d: dict) -> dict:
     """JSON turned tuples into lists."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+# --- the system call filter (sozu.seccomp) --------------------------------------------------
+
+needs_seccomp = pytest.mark.skipif(seccomp.check() is not None, reason=f"seccomp: {seccomp.check()}")
+
+
+def _errno_of(fn) -> str:
+    try:
+        fn()
+    except OSError as e:
+        return errno.errorcode[e.errno]
+    return "ok"
+
+
+@needs_root
+@needs_seccomp
+def test_with_action_eperm_calls_off_the_list_fail_and_serving_calls_work(listener, empty_root):
+    user, group, _, _ = _nobody()
+
+    def body():
+        sandbox.apply(sandbox.plan(user, group, empty_root, seccomp_action="eperm"))
+        return {
+            "execve": _errno_of(lambda: os.execv("/bin/true", ["true"])),
+            "fork": _errno_of(os.fork),
+            # Without the filter, nobody in a root-owned 0755 root gets EACCES, not EPERM.
+            "create": _errno_of(lambda: os.open("/x", os.O_WRONLY | os.O_CREAT, 0o600)),
+            "unix_socket": _errno_of(lambda: socket.socket(socket.AF_UNIX).close()),
+            "read_only_open": _errno_of(lambda: os.open("/missing", os.O_RDONLY)),
+            "connect_numeric": _outcome(lambda: _connect(listener)),
+        }
+
+    child = run_child(body)
+    assert child.exit_code == 0, child.report
+    assert child.outside["describe"]["seccomp"] == 2
+    assert child.report == {"execve": "EPERM", "fork": "EPERM", "create": "EPERM",
+                            "unix_socket": "EPERM", "read_only_open": "ENOENT",
+                            "connect_numeric": "ok"}
+
+
+@needs_seccomp
+def test_with_action_kill_a_call_off_the_list_kills_with_sigsys():
+    pid = os.fork()
+    if pid == 0:
+        try:
+            filter_ = seccomp.prepare("kill")
+            prctl.set_no_new_privs(1)
+            seccomp.install(filter_)
+            os.execv("/bin/true", ["true"])
+        finally:
+            os._exit(7)  # not reached: the kernel kills the process at execve
+    deadline = time.monotonic() + CHILD_DEADLINE
+    while not (done := os.waitpid(pid, os.WNOHANG))[0]:
+        assert time.monotonic() < deadline, "the child neither exec'ed nor died"
+        time.sleep(0.005)
+    assert seccomp.violation(done[1]), os.waitstatus_to_exitcode(done[1])
+    assert not seccomp.violation(0)
+
+
+def test_an_unknown_action_is_refused():
+    with pytest.raises(ValueError):
+        seccomp.prepare("trap")

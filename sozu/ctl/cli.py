@@ -574,7 +574,7 @@ def _config_summary(config: Any) -> dict:
     summary = {}
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
-        if dataclasses.is_dataclass(value):  # [metrics], [provider]
+        if dataclasses.is_dataclass(value):  # [metrics], [provider], sandbox
             summary[field.name] = dataclasses.asdict(value)
         else:
             summary[field.name] = len(value) if isinstance(value, (tuple, list, dict, frozenset)) else value
