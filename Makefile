@@ -18,7 +18,7 @@ APT_PACKAGES += systemd          # systemd-analyze, to verify conf/sozu.service 
 APT_PACKAGES += etcd-server      # the etcd (3.4) the provider tests run: docs/etcd.md
 APT_PACKAGES += etcd-client      # etcdctl, to write and read the layout by hand: docs/etcd.md
 
-.PHONY: run test unit integration bench soak clean system-packages
+.PHONY: run test unit integration bench soak fuzz clean system-packages
 
 system-packages:
 	@missing=$$(for p in $(APT_PACKAGES); do \
@@ -53,6 +53,13 @@ test: system-packages $(STAMP)
 	$(PYTEST) tests/test_sandbox.py
 	$(PYTEST) tests/integration/test_http_session_edge.py
 	$(PYTEST) $(addprefix --ignore=,$(ISOLATED)) tests
+	$(PY) fuzz/run.py --seconds 3
+
+# Coverage-guided fuzzing of the parsers (fuzz/run.py, atheris), FUZZ_SECONDS per target; a
+# crash leaves its input in fuzz/crashes/ and exits 1.
+FUZZ_SECONDS ?= 300
+fuzz: $(STAMP)
+	$(PY) fuzz/run.py --seconds $(FUZZ_SECONDS)
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests --ignore=tests/integration
