@@ -18,7 +18,7 @@ APT_PACKAGES += systemd          # systemd-analyze, to verify conf/sozu.service 
 APT_PACKAGES += etcd-server      # the etcd (3.4) the provider tests run: docs/etcd.md
 APT_PACKAGES += etcd-client      # etcdctl, to write and read the layout by hand: docs/etcd.md
 
-.PHONY: run test unit integration bench soak fuzz clean system-packages
+.PHONY: run test unit integration bench soak fuzz testssl clean system-packages
 
 system-packages:
 	@missing=$$(for p in $(APT_PACKAGES); do \
@@ -70,13 +70,21 @@ integration: $(STAMP)
 bench: $(STAMP)
 	bench/run.sh
 
-# The long soak of issue #4, not part of `make test` (a few minutes): 10 upgrades under load,
-# slowhttptest with 1,000 slow connections against one worker, an over-limit flood with RSS
-# sampled. Prints its figures; exits 1 when a check fails.
+# The long soak, not part of `make test`: 10 upgrades under load, slowhttptest with 1,000 slow
+# connections against one worker, an over-limit flood with RSS sampled (a few minutes), then
+# the fault soak (SOAK_DURATION, 30 minutes) with its report and plot in bench/out-soak/.
+# Exits 1 when a check fails. matplotlib draws the plot; only the soak needs it.
+SOAK_DURATION ?= 30m
 soak: $(STAMP)
 	@command -v slowhttptest >/dev/null || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slowhttptest; }
-	$(PY) bench/soak.py
+	@$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q matplotlib
+	$(PY) bench/soak.py --duration $(SOAK_DURATION)
+
+# testssl.sh against an HTTPS listener with the default TLS settings; exits 1 on any weak
+# protocol, cipher or vulnerability. Run it after every TLS change.
+testssl: $(STAMP)
+	bench/testssl.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -10,8 +10,12 @@
 3. An over-limit flood of 10x max_connections against full workers: every attempt refused
    (503), how fast, the workers' RSS sampled all along (must stay flat), and the latency of the
    connections that were open before.
+4. The fault soak (bench/soak_faults.py): mixed load for --duration while runtime changes,
+   SIGKILLed workers, killed backends, upgrades and floods happen; a text report and a PNG plot
+   in --report.
 
-Usage: .venv/bin/python bench/soak.py [--quick]   (--quick: fewer upgrades, shorter runs)
+Usage: .venv/bin/python bench/soak.py [--quick] [--only PART] [--duration 30m] [--report DIR]
+(--quick: fewer upgrades, shorter runs of parts 1-3)
 """
 from __future__ import annotations
 
@@ -355,13 +359,28 @@ def soak_flood(base: Path, limit: int, factor: int) -> None:
         backend.stop()
 
 
+def duration(text: str) -> float:
+    """`30m`, `90s`, `1h` or seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if text[-1:] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (30m, 90s, 1h)") from None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 upgrades, 15 s slowhttptest runs")
-    parser.add_argument("--only", choices=("upgrades", "slow", "flood"), action="append",
+    parser.add_argument("--only", choices=("upgrades", "slow", "flood", "faults"), action="append",
                         help="run only this part (repeatable)")
+    parser.add_argument("--duration", type=duration, default=1800.0,
+                        help="length of the fault soak (default 30m)")
+    parser.add_argument("--report", type=Path, default=ROOT / "bench" / "out-soak",
+                        help="directory of the fault soak's report and plot")
     args = parser.parse_args()
-    only = set(args.only or ("upgrades", "slow", "flood"))
+    only = set(args.only or ("upgrades", "slow", "flood", "faults"))
     base = Path(tempfile.mkdtemp(prefix="sozu-soak-"))
     started = time.monotonic()
     try:
@@ -371,6 +390,9 @@ def main() -> int:
             soak_slowhttptest(base, 15 if args.quick else 30)
         if "flood" in only:
             soak_flood(base, limit=200, factor=10)
+        if "faults" in only:
+            import soak_faults
+            FAILURES.extend(soak_faults.run(base, args.duration, args.report))
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print(f"\nsoak: {len(FAILURES)} failed checks in {time.monotonic() - started:.0f} s")
