@@ -312,7 +312,7 @@ def test_upgrade_one_worker(tmp_path, sozu, backend):
 
     thread = threading.Thread(target=slow)
     thread.start()
-    time.sleep(0.3)
+    wait_for(lambda: b.active == 1, 10, what="the slow request to reach the backend through the old worker")
     out = s.ctl("--timeout=40000", "upgrade", "--worker", "0")
     assert out.returncode == 0, out.stdout + out.stderr
     running = [w for w in s.workers() if w["state"] == "running"]
