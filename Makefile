@@ -14,6 +14,7 @@ APT_PACKAGES += libcap-dev       # libcap headers, which python-prctl compiles a
 APT_PACKAGES += libseccomp2      # libseccomp, which pyseccomp loads: the workers' seccomp filter
 APT_PACKAGES += curl             # a real HTTP client in the tests, and in the README's first step
 APT_PACKAGES += openssl          # s_client and certificate tools in the HTTPS tests
+APT_PACKAGES += nghttp2-client   # nghttp and h2load: HTTP/2 clients in the tests and the benchmark
 APT_PACKAGES += systemd          # systemd-analyze, to verify conf/sozu.service in the tests
 APT_PACKAGES += etcd-server      # the etcd (3.4) the provider tests run: docs/etcd.md
 APT_PACKAGES += etcd-client      # etcdctl, to write and read the layout by hand: docs/etcd.md

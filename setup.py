@@ -12,6 +12,7 @@ setup(
         "docopt>=0.6.2",
         "python-prctl>=1.8",
         "pyseccomp>=0.1.2",
+        "h2>=4.1",
         'tomli>=2.0; python_version < "3.11"',
         "etcd3gw>=2.4",
     ],

@@ -30,7 +30,8 @@ from sozu import address as addresses, log_filter
 from sozu.http import answers
 from sozu.messages import MessageError, Order, health_check, normalize_hostname
 from sozu.state import front_rule
-from sozu.vocabulary import (DEFAULT_STICKY_NAME, LISTENER_TIMEOUTS, POLICY_BY_LOWER_NAME,
+from sozu.vocabulary import (ALPN_PROTOCOLS, DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_STICKY_NAME,
+                             LISTENER_TIMEOUTS, MAX_CONCURRENT_STREAMS, POLICY_BY_LOWER_NAME,
                              TLS_VERSIONS)
 from sozu.seccomp import ACTIONS as SECCOMP_ACTIONS
 
@@ -79,6 +80,8 @@ class ListenerConfig:
     sticky_name: str | None = DEFAULT_STICKY_NAME   # None on tcp listeners
     tls_versions: tuple[str, ...] = ()             # https only
     cipher_list: str | None = None                 # https only
+    alpn: tuple[str, ...] = ()                     # https only: ALPN protocols, preferred first
+    http2_max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS  # https only
     # The effective timeouts: the listener's own, else the global ones.
     front_timeout: int = _TIMEOUT["front_timeout"]
     back_timeout: int = _TIMEOUT["back_timeout"]
@@ -273,7 +276,9 @@ def _listener_data(listener: ListenerConfig) -> dict:
         data.update(answer_404=listener.answer_404, answer_503=listener.answer_503,
                     sticky_name=listener.sticky_name, request_timeout=listener.request_timeout)
     if listener.protocol == "https":
-        data.update(versions=list(listener.tls_versions), cipher_list=listener.cipher_list)
+        data.update(versions=list(listener.tls_versions), cipher_list=listener.cipher_list,
+                    alpn=list(listener.alpn),
+                    http2_max_concurrent_streams=listener.http2_max_concurrent_streams)
     return data
 
 
@@ -608,7 +613,8 @@ def _parse_listeners(top: _Table, settings: dict) -> tuple[ListenerConfig, ...]:
         _check_bind(table, address, seen)
         seen[address] = table.key("address")
         if protocol != "https":
-            table.refuse(("tls_versions", "cipher_list"), "only for https listeners",
+            table.refuse(("tls_versions", "cipher_list", "alpn", "http2_max_concurrent_streams"),
+                         "only for https listeners",
                          f"no such key on {protocol} listeners")
         if protocol == "tcp":
             table.refuse(_ANSWER_KEYS + ("sticky_name", "request_timeout"),
@@ -623,6 +629,11 @@ def _parse_listeners(top: _Table, settings: dict) -> tuple[ListenerConfig, ...]:
                 "sticky_name", expected="a cookie name (letters, digits, !#$%&'*+-.^_`|~)", pattern=_TOKEN),
             tls_versions=_tls_versions(table) if protocol == "https" else (),
             cipher_list=_cipher_list(table) if protocol == "https" else None,
+            alpn=_alpn(table) if protocol == "https" else (),
+            http2_max_concurrent_streams=table.integer(
+                "http2_max_concurrent_streams", 1, MAX_CONCURRENT_STREAMS,
+                default=DEFAULT_MAX_CONCURRENT_STREAMS)
+            if protocol == "https" else DEFAULT_MAX_CONCURRENT_STREAMS,
             **timeouts))
     return tuple(listeners)
 
@@ -649,6 +660,16 @@ def _tls_versions(table: _Table) -> tuple[str, ...]:
     value = table.array("tls_versions", expected)
     if not value or len(set(map(str, value))) != len(value) or not all(v in TLS_VERSIONS for v in value):
         raise table.error("tls_versions", "invalid value", value, expected)
+    return tuple(value)
+
+
+def _alpn(table: _Table) -> tuple[str, ...]:
+    if "alpn" not in table.data:
+        return ALPN_PROTOCOLS
+    expected = "a non-empty array of " + ", ".join(f'"{v}"' for v in ALPN_PROTOCOLS) + ", preferred first"
+    value = table.array("alpn", expected)
+    if not value or len(set(map(str, value))) != len(value) or not all(v in ALPN_PROTOCOLS for v in value):
+        raise table.error("alpn", "invalid value", value, expected)
     return tuple(value)
 
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from sozu import address as addresses, log_filter
-from sozu.vocabulary import (DEFAULT_POLICY, DEFAULT_STICKY_NAME, LISTENER_TIMEOUTS, POLICIES,
+from sozu.vocabulary import (ALPN_PROTOCOLS, DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_POLICY,
+                             DEFAULT_STICKY_NAME, LISTENER_TIMEOUTS, MAX_CONCURRENT_STREAMS, POLICIES,
                              TLS_VERSIONS)
 
 from sozu.http import answers
@@ -663,10 +664,19 @@ _HTTP_LISTENER_SPEC = {
     "request_timeout": (_timeout, LISTENER_TIMEOUTS["request_timeout"]),
 }
 _HTTP_LISTENER = _object(_HTTP_LISTENER_SPEC)
+def _alpn(v: Any) -> list[str]:
+    if type(v) is not list or not v or len(set(map(repr, v))) != len(v) or not all(
+            item in ALPN_PROTOCOLS for item in v):
+        raise _bad('a non-empty list among "h2", "http/1.1", without repeats', v)
+    return v
+
+
 _HTTPS_LISTENER = _object({
     **_HTTP_LISTENER_SPEC,
     "versions": (_tls_versions, list(TLS_VERSIONS)),
     "cipher_list": (_optional(_nonempty), None),
+    "alpn": (_alpn, list(ALPN_PROTOCOLS)),
+    "http2_max_concurrent_streams": (_int_range(1, MAX_CONCURRENT_STREAMS), DEFAULT_MAX_CONCURRENT_STREAMS),
 })
 _TCP_LISTENER = _object({
     **_LISTENER_COMMON,

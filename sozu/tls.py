@@ -25,7 +25,9 @@ within the listener's request_timeout from the accept: a client that opens a con
 sends nothing holds its slot no longer.
 
 Defaults: TLS 1.2 and 1.3 only; TLS 1.2 ciphers with forward secrecy and AEAD only (ECDHE with
-AES-GCM or ChaCha20-Poly1305); no compression, no renegotiation; ALPN http/1.1. Sessions are
+AES-GCM or ChaCha20-Poly1305); no compression, no renegotiation; ALPN `h2` then `http/1.1`
+(the listener's `alpn` list, in the server's order of preference: a client that offers none of
+them, or no ALPN at all, speaks HTTP/1.1). Sessions are
 resumed from a per-worker cache (session ids for TLS 1.2, stateful tickets for TLS 1.3):
 stateless tickets are off because their key would live as long as the worker and undo forward
 secrecy for TLS 1.2.
@@ -41,7 +43,7 @@ from OpenSSL import SSL
 
 from sozu.certificates import (CertificateError, certificate_names, check_certificate, load_certificates,
                                load_key)
-from sozu.vocabulary import TLS_VERSIONS
+from sozu.vocabulary import ALPN_PROTOCOLS, TLS_VERSIONS
 
 log = logging.getLogger("sozu.tls")
 
@@ -53,7 +55,6 @@ DEFAULT_CIPHER_LIST = ":".join((
     "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
 ))
 TLS13_CIPHERSUITES = b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
-ALPN = b"http/1.1"
 SESSION_TIMEOUT = 300  # s, like nginx's ssl_session_timeout
 RECORD_SIZE = 16384  # plaintext bytes per TLS record: the unit of sendall
 # OP_IGNORE_UNEXPECTED_EOF: a client that closes without close_notify (most do) is an end of
@@ -80,8 +81,16 @@ def check_order(order) -> None:
 
 # --- contexts (worker) ----------------------------------------------------------------------------
 
-def _select_alpn(connection, offered: list[bytes]):
-    return ALPN if ALPN in offered else SSL.NO_OVERLAPPING_PROTOCOLS
+def _alpn_selector(protocols):
+    """The ALPN callback: the first of the listener's protocols that the client offers."""
+    preferred = [protocol.encode("ascii") for protocol in protocols]
+
+    def select(connection, offered: list[bytes]):
+        for protocol in preferred:
+            if protocol in offered:
+                return protocol
+        return SSL.NO_OVERLAPPING_PROTOCOLS
+    return select
 
 
 def _new_context(config: dict, session_id: bytes = b"sozu") -> SSL.Context:
@@ -101,7 +110,7 @@ def _new_context(config: dict, session_id: bytes = b"sozu") -> SSL.Context:
     except SSL.Error:
         raise CertificateError(f"cipher_list: OpenSSL matches no cipher in {cipher_list!r}") from None
     context.set_tls13_ciphersuites(TLS13_CIPHERSUITES)
-    context.set_alpn_select_callback(_select_alpn)
+    context.set_alpn_select_callback(_alpn_selector(config.get("alpn") or ALPN_PROTOCOLS))
     context.set_session_id(session_id)
     context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
     context.set_timeout(SESSION_TIMEOUT)
@@ -288,6 +297,11 @@ class TLSSocket:
         return raw.decode("ascii", "replace") if raw else None
 
     @property
+    def alpn(self) -> bytes | None:
+        """The protocol ALPN chose (b"h2", b"http/1.1"), None without ALPN."""
+        return self._tls.get_alpn_proto_negotiated() or None
+
+    @property
     def version(self) -> str:
         return self._tls.get_protocol_version_name()
 
@@ -405,8 +419,9 @@ def _describe(error: SSL.Error) -> str:
 
 # --- the connection greenlet ------------------------------------------------------------------
 
-def serve(serve_http, ctx, listener, sock, client_address) -> None:
-    """An https connection: (PROXY header,) handshake within request_timeout, then HTTP."""
+def serve(serve_http, ctx, listener, sock, client_address, serve_h2=None) -> None:
+    """An https connection: (PROXY header,) handshake within request_timeout, then HTTP/1.1,
+    or HTTP/2 (serve_h2) when ALPN chose h2."""
     deadline = time.monotonic() + listener.request_timeout
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -439,7 +454,8 @@ def serve(serve_http, ctx, listener, sock, client_address) -> None:
         sock.close()
         return
     ctx.metrics.incr("tls_handshakes")
-    serve_http(ctx, listener, tls_socket, client_address)
+    serve = serve_h2 if serve_h2 is not None and tls_socket.alpn == b"h2" else serve_http
+    serve(ctx, listener, tls_socket, client_address)
 
 
 def _ip(client_address) -> str:

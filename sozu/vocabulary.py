@@ -21,3 +21,9 @@ TCP_LISTENER_TIMEOUTS = {name: LISTENER_TIMEOUTS[name]
                          for name in ("front_timeout", "back_timeout", "connect_timeout")}
 
 DEFAULT_STICKY_NAME = "SOZUBALANCEID"
+
+# What an https listener offers by ALPN, preferred first, unless it sets `alpn`; and the HTTP/2
+# streams a client may have open at once on one connection (each may hold a backend connection).
+ALPN_PROTOCOLS = ("h2", "http/1.1")
+DEFAULT_MAX_CONCURRENT_STREAMS = 100
+MAX_CONCURRENT_STREAMS = 1000

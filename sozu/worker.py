@@ -48,12 +48,13 @@ from sozu.http.buffers import BodyBuffers
 from sozu.http.context import SessionContext
 from sozu.http.deadlines import Deadlines
 from sozu.http.edge import serve as serve_session
+from sozu.http2.connection import serve as serve_h2
 from sozu.lb import Balancer
 from sozu.messages import MessageError, Order
 from sozu.metrics import Metrics
 from sozu.router import Router
 from sozu.state import StateError, answer_query
-from sozu.vocabulary import DEFAULT_STICKY_NAME, LISTENER_TIMEOUTS
+from sozu.vocabulary import DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_STICKY_NAME, LISTENER_TIMEOUTS
 
 log = logging.getLogger("sozu.worker")
 
@@ -70,7 +71,7 @@ class ListenerInfo:
 
     __slots__ = ("address", "protocol", "https", "scheme", "port", "by", "front_timeout",
                  "back_timeout", "connect_timeout", "request_timeout", "answers",
-                 "sticky_name", "expect_proxy")
+                 "sticky_name", "expect_proxy", "http2_max_concurrent_streams")
 
     def __init__(self, address: str, protocol: str, config: dict):
         self.address = address
@@ -88,6 +89,8 @@ class ListenerInfo:
                         for status in answers.CUSTOM_STATUSES if config.get(f"answer_{status}")}
         self.sticky_name = config.get("sticky_name", DEFAULT_STICKY_NAME).encode()
         self.expect_proxy = config.get("expect_proxy", False)
+        self.http2_max_concurrent_streams = config.get("http2_max_concurrent_streams",
+                                                       DEFAULT_MAX_CONCURRENT_STREAMS)
 
 
 class Worker:
@@ -191,10 +194,13 @@ class Worker:
         def serve_http(_worker, listener, sock, addr):  # after a TLS handshake or a PROXY header
             serve_session(self.sessions, listener, sock, addr)
 
+        def serve_http2(_worker, listener, sock, addr):  # after a handshake that chose h2
+            serve_h2(self.sessions, listener, sock, addr)
+
         if info.protocol == "tcp":
             return lambda sock, addr: tcp.serve(self, info, sock, addr)
         if info.protocol == "https":  # the PROXY header, if expected, comes before the handshake
-            return lambda sock, addr: tls.serve(serve_http, self, info, sock, addr)
+            return lambda sock, addr: tls.serve(serve_http, self, info, sock, addr, serve_http2)
         if info.expect_proxy:
             return lambda sock, addr: tcp.serve_after_proxy_header(serve_http, self, info, sock, addr)
         return lambda sock, addr: serve_session(self.sessions, info, sock, addr)

@@ -309,6 +309,8 @@ def test_listener_defaults_and_effective_timeouts():
     assert http == config.ListenerConfig(protocol="http", address="127.0.0.1:8080", front_timeout=7,
                                          request_timeout=9)
     assert https.tls_versions == ("TLSv1.2", "TLSv1.3") and https.cipher_list is None
+    assert (https.alpn, https.http2_max_concurrent_streams) == (("h2", "http/1.1"), 100)
+    assert http.alpn == ()
     assert https.sticky_name == "SOZUBALANCEID"
     assert (tcp.sticky_name, tcp.tls_versions, tcp.answer_404) == (None, (), None)
     assert tcp.front_timeout == 7
@@ -325,6 +327,8 @@ expect_proxy = true
 sticky_name = "SESSION"
 tls_versions = ["TLSv1.3"]
 cipher_list = "ECDHE+AESGCM:!aNULL"
+alpn = ["http/1.1", "h2"]
+http2_max_concurrent_streams = 7
 front_timeout = 11
 back_timeout = 12
 connect_timeout = 13
@@ -333,7 +337,8 @@ request_timeout = 14
     assert c.listeners == (config.ListenerConfig(
         protocol="https", address="[::1]:443", answer_404=pem("404.http"), answer_503=pem("503.http"),
         expect_proxy=True, sticky_name="SESSION", tls_versions=("TLSv1.3",),
-        cipher_list="ECDHE+AESGCM:!aNULL", front_timeout=11, back_timeout=12, connect_timeout=13,
+        cipher_list="ECDHE+AESGCM:!aNULL", alpn=("http/1.1", "h2"), http2_max_concurrent_streams=7,
+        front_timeout=11, back_timeout=12, connect_timeout=13,
         request_timeout=14),)
 
 
@@ -356,6 +361,12 @@ def test_tcp_listener_keys():
     ("https", 'tls_versions = "TLSv1.2"', "tls_versions", "wrong type"),
     ("https", 'cipher_list = "NO-SUCH-CIPHER"', "cipher_list", "OpenSSL matches no cipher"),
     ("https", 'cipher_list = ""', "cipher_list", "empty string"),
+    ("http", 'alpn = ["h2"]', "alpn", "only for https listeners"),
+    ("tcp", "http2_max_concurrent_streams = 5", "http2_max_concurrent_streams", "only for https listeners"),
+    ("https", "alpn = []", "alpn", "invalid value"),
+    ("https", 'alpn = ["h3"]', "alpn", "invalid value"),
+    ("https", 'alpn = ["h2", "h2"]', "alpn", "invalid value"),
+    ("https", "http2_max_concurrent_streams = 0", "http2_max_concurrent_streams", "out of range"),
     ("http", 'sticky_name = "a b"', "sticky_name", "invalid value"),
     ("http", 'sticky_name = "a;b"', "sticky_name", "invalid value"),
     ("http", 'expect_proxy = "true"', "expect_proxy", "wrong type"),
@@ -710,7 +721,8 @@ def test_to_orders_of_a_representative_config():
     https_listener = {"front": "[::1]:8443", "public_address": None, "answer_404": None,
                       "answer_503": pem("503.http"), "expect_proxy": True, "sticky_name": "SOZUBALANCEID",
                       "front_timeout": 20, "back_timeout": 30, "connect_timeout": 2, "request_timeout": 10,
-                      "versions": ["TLSv1.3"], "cipher_list": None}
+                      "versions": ["TLSv1.3"], "cipher_list": None, "alpn": ["h2", "http/1.1"],
+                      "http2_max_concurrent_streams": 100}
     tcp_listener = {"front": "0.0.0.0:8081", "public_address": None, "expect_proxy": False,
                     "front_timeout": 20, "back_timeout": 30, "connect_timeout": 3}
     assert c.to_orders() == [

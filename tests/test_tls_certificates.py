@@ -216,15 +216,27 @@ def test_handshake_sni_alpn_and_data_over_tls13(ca, listener):
     assert server.server_name == "sni.test"
 
 
-def test_alpn_selects_http11(ca, listener):
+@pytest.mark.parametrize("alpn, offered, chosen", [
+    (None, ["http/1.1", "h2"], "h2"),            # the default: h2 first, whatever the client's order
+    (None, ["http/1.1"], "http/1.1"),
+    (["http/1.1"], ["h2", "http/1.1"], "http/1.1"),
+    (["http/1.1", "h2"], ["h2", "http/1.1"], "http/1.1"),
+    (["h2"], ["http/1.1"], None),                # no overlap: no ALPN, the connection goes on
+])
+def test_alpn_follows_the_listener_list(ca, alpn, offered, chosen):
+    contexts = tls.ListenerContexts("127.0.0.1:8443", {"alpn": alpn} if alpn else {})
+    leaf = ca.issue(["default.test"])
+    contexts.update({leaf.fingerprint: _entry(leaf)})
+
     def client(sock):
         context = _client_context(ca)
-        context.set_alpn_protocols(["h2", "http/1.1"])
+        context.set_alpn_protocols(offered)
         with context.wrap_socket(sock, server_hostname="default.test") as s:
             return s.selected_alpn_protocol()
 
-    _, result = _handshake(listener, client, "default.test")
-    assert result.get("value") == "http/1.1", result
+    server, result = _handshake(contexts, client, "default.test")
+    assert result.get("value") == chosen, result
+    assert server.alpn == (chosen.encode() if chosen else None)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

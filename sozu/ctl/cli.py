@@ -51,6 +51,7 @@ Usage:
             [--expect-proxy] [--sticky-name=NAME]
             [--front-timeout=S] [--back-timeout=S] [--connect-timeout=S]
             [--request-timeout=S] [--tls-versions=LIST] [--cipher-list=CIPHERS]
+            [--alpn=LIST] [--http2-max-concurrent-streams=N]
   sozuctl [options] listener tcp add --address=IP:PORT [--public-address=IP:PORT]
             [--expect-proxy] [--front-timeout=S] [--back-timeout=S] [--connect-timeout=S]
   sozuctl [options] listener (http | https | tcp)
@@ -102,6 +103,8 @@ Options:
   --certificate-chain=FILE  PEM file with one or more intermediate certificates.
   --fingerprint=HEX         SHA-256 of the certificate (DER), lower-case hex.
   --tls-versions=LIST       Comma-separated, among TLSv1.2 and TLSv1.3.
+  --alpn=LIST               Comma-separated, among h2 and http/1.1, preferred first.
+  --http2-max-concurrent-streams=N  Streams an HTTP/2 client may have open at once (100).
 
 Exit status: 0 on OK, 1 on an ERROR answer or bad command line, 2 when the proxy cannot be
 reached or does not answer in time.
@@ -441,11 +444,13 @@ def _listener_add(a: dict) -> Command:
     data: dict[str, Any] = {"front": a["--address"]}
     optional = {"public_address": a["--public-address"], "sticky_name": a["--sticky-name"],
                 "cipher_list": a["--cipher-list"]}
-    for flag in ("--front-timeout", "--back-timeout", "--connect-timeout", "--request-timeout"):
+    for flag in ("--front-timeout", "--back-timeout", "--connect-timeout", "--request-timeout",
+                 "--http2-max-concurrent-streams"):
         optional[flag[2:].replace("-", "_")] = _int(a, flag)
     optional.update(_answer_files(a))
-    if a["--tls-versions"] is not None:
-        optional["versions"] = [v for v in re.split(r"[,\s]+", a["--tls-versions"]) if v]
+    for flag, key in (("--tls-versions", "versions"), ("--alpn", "alpn")):
+        if a[flag] is not None:
+            optional[key] = [v for v in re.split(r"[,\s]+", a[flag]) if v]
     data.update((k, v) for k, v in optional.items() if v is not None)
     if a["--expect-proxy"]:
         data["expect_proxy"] = True

@@ -363,6 +363,8 @@ def _listener_settings(config: dict) -> str:
         parts.append("expect-proxy")
     if config.get("versions"):
         parts.append("+".join(map(str, config["versions"])))
+    if config.get("alpn"):
+        parts.append("alpn=" + ",".join(map(str, config["alpn"])))
     return " ".join(parts)
 
 

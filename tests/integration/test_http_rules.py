@@ -251,7 +251,7 @@ backends = [ "127.0.0.1:{b.port}" ]
 """)
 
     def curl(path: str) -> str:
-        done = subprocess.run(["curl", "-sS", "-i", "--max-time", "10", "--cacert", str(ca.path),
+        done = subprocess.run(["curl", "-sS", "-i", "--http1.1", "--max-time", "10", "--cacert", str(ca.path),
                                "--resolve", f"r.test:{port}:127.0.0.1", f"https://r.test:{port}{path}"],
                               capture_output=True, text=True, timeout=15)
         assert done.returncode == 0, done.stderr

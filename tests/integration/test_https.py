@@ -182,9 +182,11 @@ def test_tls10_and_tls11_are_refused(env, flag):
     assert not re.search(r"Cipher is (?!\(NONE\))", out), out
 
 
-def test_tls13_and_tls12_are_accepted_with_alpn_http11(env):
-    out = s_client(env["port"], "-tls1_3", "-alpn", "h2,http/1.1", servername="a.test")
+def test_tls13_and_tls12_are_accepted_with_alpn(env):
+    out = s_client(env["port"], "-tls1_3", "-alpn", "http/1.1,h2", servername="a.test")
     assert "New, TLSv1.3, Cipher is TLS_" in out, out
+    assert "ALPN protocol: h2" in out, out  # the server's preference
+    out = s_client(env["port"], "-tls1_3", "-alpn", "http/1.1", servername="a.test")
     assert "ALPN protocol: http/1.1" in out, out
     out = s_client(env["port"], "-tls1_2", servername="api.w.test")
     assert re.search(r"New, TLSv1.2, Cipher is ECDHE-RSA-(AES\d+-GCM|CHACHA20)", out), out
