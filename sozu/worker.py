@@ -41,8 +41,8 @@ from gevent.server import StreamServer
 
 from sozu import logs, seccomp, tcp, tls
 from sozu.channel import ChannelClosed, WorkerChannel
-from sozu.http import answers
 from sozu.connector import BackendConnector
+from sozu.http import answers
 from sozu.http.backend_pool import BackendPool
 from sozu.http.buffers import BodyBuffers
 from sozu.http.context import SessionContext

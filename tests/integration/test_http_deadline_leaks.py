@@ -10,9 +10,9 @@ import pytest
 from tests.integration.harness import Sozu, free_port, http_apps_config, read_response
 
 REQUEST_TIMEOUT = 2
-# The connect must outlast the head's deadline: long enough for the kernel's second SYN retry
-# (1 s, then 2 s more), which is the one a busy backend's freed accept queue lets through.
-TIMEOUTS = f"front_timeout = 10\nback_timeout = 5\nconnect_timeout = 6\nrequest_timeout = {REQUEST_TIMEOUT}"
+# The connect must outlast the head's deadline: long enough for the kernel's SYN retries (1 s,
+# then 2 s and 4 s more), one of which a busy backend's freed accept queue lets through.
+TIMEOUTS = f"front_timeout = 10\nback_timeout = 5\nconnect_timeout = 10\nrequest_timeout = {REQUEST_TIMEOUT}"
 
 
 class BusyBackend:
