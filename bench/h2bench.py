@@ -1,0 +1,230 @@
+#!/usr/bin/env python3
+"""HTTP/2 benchmark on loopback only: h2load against sozu and against nginx (`listen ... http2`) in
+front of the same backend (an nginx serving a 100-byte /small), then the memory one open
+HTTP/2 connection costs each of them.
+
+  .venv/bin/python bench/h2bench.py [--duration 10] [--connections 10] [--rounds 2]
+
+Scenarios: 1 and 100 concurrent streams per connection (h2load -m 1 / -m 100). Both proxies
+get the same number of workers (--workers, 2). Each round runs sozu then nginx; the figures are
+medians over rounds. Memory: --idle connections (TLS, HTTP/2 preface, one answered request),
+left open, and the proxy's total RSS before and after, divided by their number.
+Prints a table; ratios are sozu / nginx. Quote ratios, and say how quiet the machine was.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"  # the only address this script talks to
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((HOST, port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def rss_kib(pids) -> int:
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+def certificate(tmp: Path) -> tuple[Path, Path]:
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=bench.test",
+                    "-addext", "subjectAltName=DNS:bench.test"], check=True, capture_output=True)
+    return cert, key
+
+
+def nginx(tmp: Path, name: str, body: str) -> subprocess.Popen:
+    prefix = tmp / name
+    (prefix / "logs").mkdir(parents=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(f"daemon off; pid {prefix}/nginx.pid; error_log {prefix}/logs/error.log warn;\n{body}")
+    return subprocess.Popen(["nginx", "-p", str(prefix), "-c", str(conf)], start_new_session=True)
+
+
+def backend(tmp: Path, port: int) -> subprocess.Popen:
+    (tmp / "www").mkdir()
+    (tmp / "www" / "small").write_bytes(b"s" * 100)
+    for path in (tmp, tmp / "www", tmp / "www" / "small"):  # nginx's workers run unprivileged
+        path.chmod(0o755)
+    return nginx(tmp, "backend", f"""worker_processes 1;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 100000;
+  server {{ listen {HOST}:{port} reuseport; root {tmp}/www; }} }}
+""")
+
+
+def front_nginx(tmp: Path, port: int, backend_port: int, cert: Path, key: Path, workers: int) -> subprocess.Popen:
+    return nginx(tmp, f"front-{port}", f"""worker_processes {workers};
+events {{ worker_connections 4096; }}
+http {{ access_log off;
+  upstream b {{ server {HOST}:{backend_port}; keepalive 64; }}
+  server {{ listen {HOST}:{port} ssl http2; ssl_certificate {cert}; ssl_certificate_key {key};
+    http2_max_concurrent_streams 100;
+    location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
+""")
+
+
+def front_sozu(tmp: Path, port: int, backend_port: int, cert: Path, key: Path, workers: int) -> subprocess.Popen:
+    directory = tmp / f"sozu-{port}"
+    directory.mkdir()
+    config = directory / "sozu.toml"
+    config.write_text(f"""
+command_socket = "{directory}/sozu.sock"
+worker_count = {workers}
+max_connections = 4000
+log_level = "warning"
+log_access_target = "off"
+
+[[listeners]]
+protocol = "https"
+address = "{HOST}:{port}"
+
+[applications.bench]
+protocol = "http"
+frontends = [ {{ address = "{HOST}:{port}", hostname = "bench.test", certificate = "{cert}", key = "{key}" }} ]
+backends = [ "{HOST}:{backend_port}" ]
+""")
+    return subprocess.Popen([sys.executable, str(ROOT / "sozu.py"), "start", "-c", str(config)],
+                            cwd=str(directory), start_new_session=True,
+                            stdout=open(directory / "sozu.log", "wb"), stderr=subprocess.STDOUT)
+
+
+def h2load(port: int, streams: int, connections: int, duration: int) -> float:
+    done = subprocess.run(["h2load", "-D", str(duration), "--warm-up-time", "1", "-c", str(connections),
+                           "-m", str(streams), "-t", "1", "-H", ":authority: bench.test",
+                           f"https://{HOST}:{port}/small"], capture_output=True, text=True,
+                          timeout=duration + 60)
+    match = re.search(r"finished in .*?, ([0-9.]+) req/s", done.stdout)
+    failed = re.search(r"requests: .* (\d+) failed, (\d+) errored", done.stdout)
+    if match is None or failed is None:
+        raise SystemExit(f"h2load failed:\n{done.stdout}\n{done.stderr}")
+    if int(failed.group(1)) or int(failed.group(2)):
+        print(f"  warning: {failed.group(0)}", file=sys.stderr)
+    return float(match.group(1))
+
+
+def memory_per_connection(port: int, pids, count: int) -> float:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    import h2.connection  # the project's own dependency: run this with its virtualenv's python
+
+    time.sleep(1)
+    before = rss_kib(pids())
+    kept = []
+    for _ in range(count):
+        sock = context.wrap_socket(socket.create_connection((HOST, port), timeout=10), server_hostname="bench.test")
+        client = h2.connection.H2Connection()
+        client.initiate_connection()
+        client.send_headers(1, [(":method", "GET"), (":scheme", "https"), (":path", "/small"),
+                                (":authority", "bench.test")], end_stream=True)
+        sock.sendall(client.data_to_send())
+        answered = b""
+        while b"sssss" not in answered:  # the body arrived: the stream was served
+            data = sock.recv(65536)
+            if not data:
+                raise SystemExit("a connection closed before its answer")
+            answered += data
+        kept.append((sock, client))
+        if len(kept) % 50 == 0:
+            print(f"  {len(kept)} connections open", file=sys.stderr)
+    time.sleep(1)
+    after = rss_kib(pids())
+    for sock, _ in kept:
+        sock.close()
+    return (after - before) / count
+
+
+def stop(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--idle", type=int, default=200)
+    args = parser.parse_args()
+    results: dict[tuple[str, str], list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="h2bench-") as name:
+        tmp = Path(name)
+        cert, key = certificate(tmp)
+        backend_port = free_port()
+        back = backend(tmp, backend_port)
+        try:
+            wait_port(backend_port)
+            for round_number in range(args.rounds):
+                for proxy, start in (("sozu", front_sozu), ("nginx", front_nginx)):
+                    port = free_port()
+                    process = start(tmp, port, backend_port, cert, key, args.workers)
+                    try:
+                        wait_port(port)
+                        time.sleep(1)
+                        for streams in (1, 100):
+                            rate = h2load(port, streams, args.connections, args.duration)
+                            results.setdefault((proxy, f"{streams} stream(s)/conn"), []).append(rate)
+                            print(f"round {round_number + 1} {proxy} -m {streams}: {rate:.0f} req/s", file=sys.stderr)
+                        if round_number == 0:
+                            def pids(process=process):
+                                workers = children(process.pid)
+                                return workers + [w for p in workers for w in children(p)]
+                            kib = memory_per_connection(port, pids, args.idle)
+                            results.setdefault((proxy, "KiB per idle h2 connection"), []).append(kib)
+                    finally:
+                        stop(process)
+        finally:
+            stop(back)
+    print(f"\nh2load -c {args.connections} -t 1 -D {args.duration}, {args.workers} workers each, "
+          f"{args.rounds} rounds (medians), loopback, 100-byte responses")
+    print(f"{'measure':32} {'sozu':>10} {'nginx':>10} {'ratio':>7}")
+    for measure in ("1 stream(s)/conn", "100 stream(s)/conn", "KiB per idle h2 connection"):
+        sozu = statistics.median(results[("sozu", measure)])
+        other = statistics.median(results[("nginx", measure)])
+        print(f"{measure:32} {sozu:10.1f} {other:10.1f} {sozu / other if other else float('nan'):6.2f}x")
+
+
+if __name__ == "__main__":
+    main()
