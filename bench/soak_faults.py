@@ -21,7 +21,8 @@ The final `state dump` must equal a ConfigState built in this process from the c
 and every change the proxy accepted. RSS and open file descriptors of the master and of the
 workers are sampled every 2 s; after warm-up (the first fifth) their median over the last tenth
 may exceed the one right after warm-up by 10% at most (open fds: or by FD_NOISE, the
-connections a sample may catch open).
+connections a sample may catch open). Since upgrades and kills replace processes, which resets
+their RSS, each process is also checked over its own life (from 20 s in to its end).
 """
 from __future__ import annotations
 
@@ -492,7 +493,8 @@ def run(base: Path, duration: float, report_dir: Path) -> list[str]:
             master, workers = processes(s)
             if master is None:
                 continue
-            samples.append({"t": time.monotonic() - t0, "master_rss": rss(master),
+            samples.append({"t": time.monotonic() - t0, "rss_by_pid": {p: rss(p) for p in [master, *workers]},
+                            "master_rss": rss(master),
                             "workers_rss": max((rss(p) for p in workers), default=0),
                             "workers_rss_total": sum(rss(p) for p in workers),
                             "master_fds": fd_count(master),
@@ -695,6 +697,10 @@ def report(report_dir: Path, duration, clients, faults: Faults, changes: Changes
             out(f"  {key}: {first:.0f} -> {last:.0f} {unit} ({growth[key] * 100:+.1f}%), peak {peak}")
             if unit == "fds" and last - first <= FD_NOISE:
                 growth[key] = 0.0  # within what the connections open at that instant explain
+    lifetimes = _growth_in_a_lifetime(samples)
+    for pid, (first, last, seconds) in sorted(lifetimes.items(), key=lambda kv: -kv[1][1] / kv[1][0])[:3]:
+        out(f"  process {pid}: RSS {first} -> {last} KiB ({(last - first) / first * 100:+.1f}%) over "
+            f"{seconds:.0f} s of its life")
     out("checks:")
     check(causes["unexplained"] == 0, f"{causes['unexplained']} failed requests not caused by a "
                                       "killed backend, a killed worker or a flood's 503")
@@ -707,6 +713,11 @@ def report(report_dir: Path, duration, clients, faults: Faults, changes: Changes
                 out(f"    differs: {key}")
     check(bool(growth) and all(g <= 0.10 for g in growth.values()),
           "RSS and open fds of master and workers grew by 10% at most after warm-up")
+    worst = max(((last - first) / first for first, last, _ in lifetimes.values()), default=None)
+    check(worst is not None and worst <= 0.10,
+          f"RSS of every process grew by 10% at most within its own life (worst "
+          f"{'unmeasured: no process lived 60 s' if worst is None else f'{worst * 100:+.1f}%'}): upgrades and kills replace "
+          "processes, so the medians above alone would hide a leak")
     check(all(status == 404 for status in listener_checks), "the listeners added at runtime serve")
     out(f"soak: {len(failed)} failed checks")
     (report_dir / "soak-report.txt").write_text("\n".join(lines) + "\n")
@@ -716,6 +727,25 @@ def report(report_dir: Path, duration, clients, faults: Faults, changes: Changes
     plot(report_dir / "soak.png", samples, clients, faults, duration)
     print(f"report: {report_dir / 'soak-report.txt'}, plot: {report_dir / 'soak.png'}")
     return failed
+
+
+def _growth_in_a_lifetime(samples) -> dict:
+    """pid -> (RSS 20-40 s into its life, RSS over its last 10 s, seconds between), for every
+    process sampled for at least 60 s: the growth of one process, which a replacement resets."""
+    series = collections.defaultdict(list)
+    for sample in samples:
+        for pid, kib in sample.get("rss_by_pid", {}).items():
+            if kib:
+                series[pid].append((sample["t"], kib))
+    growth = {}
+    for pid, points in series.items():
+        start, end = points[0][0], points[-1][0]
+        if end - start < 60:
+            continue
+        first = statistics.median(k for t, k in points if start + 20 <= t <= start + 40)
+        last = statistics.median(k for t, k in points if t >= end - 10)
+        growth[pid] = (first, last, end - start)
+    return growth
 
 
 def _throughput(clients, duration) -> list[int]:
