@@ -14,7 +14,7 @@ Three measures, printed as one summary (docs/routing.md says what routing costs)
    host that has as many rules as the others and is served by its last (the "/" prefix).
 
     .venv/bin/python bench/router_bench.py [--hosts 1000] [--per-host 10] [--rounds 3]
-                                           [--duration 5] [--no-throughput]
+                                           [--duration 5] [--wait-idle S] [--no-throughput]
 
 The figures are whole-machine figures: on a machine shared with other work they move by 10 %
 or more between runs, so quote the ratio of one run, and say what else was running.
@@ -185,7 +185,7 @@ def _workers_ready(sock_path: str) -> bool:
     return len([row for row in rows if row.get("id") != "master" and row.get("state") == "running"]) >= 2
 
 
-def throughput(template: str, rounds: int, duration: int) -> dict:
+def throughput(template: str, rounds: int, duration: int, wait_idle: int) -> dict:
     tmp = tempfile.mkdtemp(prefix="router-bench-")
     many = Path(tmp) / "sozu-10k.toml.tmpl"
     many.write_text(template)
@@ -196,6 +196,7 @@ def throughput(template: str, rounds: int, duration: int) -> dict:
                     "--proxy-config-template", f"sozu-1={SHARED_BENCH / 'sozu.toml.tmpl'}",
                     "--proxy-config-template", f"sozu-many={many}", "--ready-timeout", "120",
                     "--scenarios", "small", "--rounds", str(rounds), "--duration", str(duration),
+                    "--wait-idle", str(wait_idle),
                     "--json", str(out)], check=True)
     results = json.loads(out.read_text())
     shutil.rmtree(tmp, ignore_errors=True)
@@ -209,6 +210,8 @@ def main() -> int:
     parser.add_argument("--orders", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--wait-idle", type=int, default=0, metavar="SECONDS",
+                        help="let proxybench wait up to this long for a quiet machine before each run")
     parser.add_argument("--no-throughput", action="store_true")
     args = parser.parse_args()
     template = config_template(args.hosts, args.per_host)
@@ -223,7 +226,7 @@ def main() -> int:
     print("one order through a running sozu, master + 2 workers, round trip (median / p99): "
           "%.2f / %.2f ms" % remote["round_trip_ms"])
     if not args.no_throughput:
-        small = throughput(template, args.rounds, args.duration)["summary"]["small"]
+        small = throughput(template, args.rounds, args.duration, args.wait_idle)["summary"]["small"]
         one, many = small["sozu-1"], small["sozu-many"]
         for name, s in (("1 frontend", one), (f"{local['fronts']} frontends", many)):
             print(f"small requests, sozu with {name}: {s.get('rps') or 0:.0f} req/s (median of "
