@@ -18,6 +18,7 @@ import time
 log = logging.getLogger("sozu.master")
 
 FIRST_DELAY, MAX_DELAY, STABLE_AFTER = 1.0, 30.0, 60.0
+MASTER_PID_VARIABLE = "SOZU_PROVIDER_MASTER_PID"  # the provider stops when this pid is gone
 
 
 class ProviderChild:
@@ -42,7 +43,9 @@ class ProviderChild:
         """Start the provider when it is not running and its delay is over."""
         if self.process is None and not self.stopped and now >= self.not_before:
             try:
-                self.process = subprocess.Popen(self.argv, env=self.env, close_fds=True)
+                self.process = subprocess.Popen(
+                    self.argv, env={**self.env, MASTER_PID_VARIABLE: str(os.getpid())},
+                    close_fds=True)
             except OSError as error:
                 log.error("cannot start the %s provider: %s", self.kind, error)
                 self.not_before = now + self.delay

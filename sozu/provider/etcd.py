@@ -41,6 +41,7 @@ from etcd3gw.watch import Watcher
 from sozu import tls
 from sozu.ctl.client import Client, ProxyUnreachable, new_request_id
 from sozu.messages import Order, Request, load_orders
+from sozu.provider.child import MASTER_PID_VARIABLE
 from sozu.provider.layout import Translation, keys_of, normalize_prefix, state_file, translate
 from sozu.state import ConfigState
 
@@ -334,8 +335,14 @@ def run(config) -> int:
     log.info("following etcd %s under %s", ", ".join(settings.endpoints), prefix)
     thread = threading.Thread(target=provider.run, name="etcd-provider", daemon=True)
     thread.start()
+    # Started by a master (sozu/provider/child.py): gone with it, rather than follow etcd for
+    # nobody and next to the provider of the master that replaces it.
+    master = int(os.environ.get(MASTER_PID_VARIABLE, "0"))
     while thread.is_alive():
         thread.join(0.5)
+        if master and os.getppid() != master and not provider.stopping.is_set():
+            log.warning("the master (pid %d) is gone: stopping", master)
+            provider.stop()
     return 0
 
 

@@ -7,6 +7,7 @@ import signal
 
 from tests.integration.etcd_server import etcd_server  # noqa: F401 (a fixture)
 from tests.integration.harness import free_port, routed_to, wait_for
+from tests.integration.load import alive
 from tests.integration.test_etcd_provider import (PREFIX, backend_key, config, everywhere,
                                                   pushed)
 
@@ -44,3 +45,14 @@ def test_the_master_runs_the_provider_and_starts_it_again_when_killed(
     sync = proxy.log().rsplit("keys at revision", 1)[1].splitlines()[0]
     assert "1 orders (the difference)" in sync or "already" in sync, sync
     assert "Traceback" not in proxy.log()
+
+
+def test_the_provider_stops_when_its_master_is_gone(tmp_path, sozu, backend, etcd_server):
+    port = free_port()
+    proxy = sozu(config(tmp_path, port, [backend("b1").port], etcd_server))
+    pushed(proxy)
+    wait_for(lambda: "keys at revision" in proxy.log(), timeout=20, what="the first sync")
+    (child,) = provider_pids(proxy)
+    os.kill(proxy.process.pid, signal.SIGKILL)
+    wait_for(lambda: not alive(child), what="the provider to stop without its master")
+    assert "the master (pid %d) is gone: stopping" % proxy.process.pid in proxy.log()
