@@ -547,7 +547,7 @@ def etcd_push(options: dict) -> int:
     try:
         message = etcd.push(config)
     except etcd.ETCD_ERRORS as error:
-        raise CliError(f"etcd: {error}") from None
+        raise CliError(f"etcd: {etcd.describe(error)}") from None
     print(json.dumps(_local_answer("OK", message, None), indent=2) if options["json"]
           else f"OK: {message}")
     return EXIT_OK
@@ -559,7 +559,7 @@ def etcd_diff(options: dict) -> int:
     try:
         orders, refused = etcd.diff(config)
     except etcd.ETCD_ERRORS as error:
-        raise CliError(f"etcd: {error}") from None
+        raise CliError(f"etcd: {etcd.describe(error)}") from None
     except etcd.ProxyRefused as error:
         raise CliError(f"the proxy: {error}") from None
     if options["json"]:

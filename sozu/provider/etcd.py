@@ -22,6 +22,7 @@ library's watch calls back from a thread of its own, which feeds a queue read he
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import queue
@@ -201,7 +202,7 @@ class Provider:
                 self.watch()
             except ETCD_ERRORS as error:  # edge: etcd unreachable or refusing; try again
                 self.enter("etcd-down", logging.WARNING,
-                           f"etcd at {self.etcd.where} unreachable ({_short(error)}): the proxy "
+                           f"etcd at {self.etcd.where} unreachable ({describe(error)}): the proxy "
                            "keeps its state; retrying")
             except (ProxyUnreachable, ProxyRefused) as error:  # edge: the proxy, later again
                 self.full_sync = True
@@ -314,9 +315,14 @@ class Provider:
         return translation
 
 
-def _short(error: Exception) -> str:
-    text = " ".join((getattr(error, "detail_text", None) or str(error)
-                     or type(error).__name__).split())
+def describe(error: Exception) -> str:
+    """One line for an etcd failure: etcd's own message when it sent one."""
+    text = getattr(error, "detail_text", None) or str(error) or type(error).__name__
+    try:
+        text = json.loads(text)["error"]
+    except (ValueError, TypeError, KeyError):
+        pass  # not etcd's JSON error: the text as it is
+    text = " ".join(str(text).split())
     return text if len(text) <= 200 else text[:200] + "..."
 
 
