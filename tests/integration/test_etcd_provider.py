@@ -1,50 +1,35 @@
 """The etcd provider with a real etcd server, a real sozu and real clients (docs/etcd.md)."""
 from __future__ import annotations
 
+import os
+import re
 import signal
-import subprocess
 import time
 
-import pytest
-
 from tests.integration.etcd_server import etcd_server  # noqa: F401 (a fixture)
-from tests.integration.harness import PYTHON, ROOT, free_port, http_config, routed_to, wait_for
+from tests.integration.harness import free_port, http_config, routed_to, wait_for
 from tests.integration.load import Load, LoadClient
 
 PREFIX = "/sozu/"
 
 
-class ProviderProcess:
-    """`python sozu.py provider etcd -c FILE`, stopped by the test."""
+class MasterProvider:
+    """The provider the master runs for a file with [provider.etcd] (`sozu provider etcd`)."""
 
     def __init__(self, proxy):
-        self.log_path = proxy.dir / "provider.log"
-        self.log_file = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [PYTHON, str(ROOT / "sozu.py"), "provider", "etcd", "-c", str(proxy.config_path)],
-            stdout=self.log_file, stderr=subprocess.STDOUT)
+        self.proxy = proxy
+        self.pid = int(wait_for(lambda: re.search(r"etcd provider started \(pid (\d+)\)",
+                                                  proxy.log()), what="the provider").group(1))
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.proxy.log()
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-        self.log_file.close()
+    def send_signal(self, signum: int) -> None:
+        os.kill(self.pid, signum)
 
 
-@pytest.fixture
-def provider():
-    started = []
-
-    def make(proxy) -> ProviderProcess:
-        started.append(ProviderProcess(proxy))
-        return started[-1]
-
-    yield make
-    for p in started:
-        p.stop()
+def provider(proxy) -> MasterProvider:
+    return MasterProvider(proxy)
 
 
 def config(tmp_path, port, backends, etcd, worker_count=2) -> str:
@@ -81,7 +66,7 @@ def pushed(proxy):
     return result.stdout
 
 
-def test_the_proxy_follows_etcd(tmp_path, sozu, backend, etcd_server, provider):
+def test_the_proxy_follows_etcd(tmp_path, sozu, backend, etcd_server):
     b1, b2 = backend("b1"), backend("b2")
     port = free_port()
     proxy = sozu(config(tmp_path, port, [b1.port], etcd_server))
@@ -106,7 +91,7 @@ def test_the_proxy_follows_etcd(tmp_path, sozu, backend, etcd_server, provider):
 
 
 def test_an_invalid_value_is_refused_with_its_key_and_the_rest_applied(
-        tmp_path, sozu, backend, etcd_server, provider):
+        tmp_path, sozu, backend, etcd_server):
     b1, b2 = backend("b1"), backend("b2")
     port = free_port()
     proxy = sozu(config(tmp_path, port, [b1.port], etcd_server))
@@ -128,7 +113,7 @@ def test_an_invalid_value_is_refused_with_its_key_and_the_rest_applied(
              what="the refused key's removal noticed")
 
 
-def test_etcd_down_at_start_then_up(tmp_path, sozu, backend, etcd_server, provider):
+def test_etcd_down_at_start_then_up(tmp_path, sozu, backend, etcd_server):
     b1, b2 = backend("b1"), backend("b2")
     port = free_port()
     proxy = sozu(config(tmp_path, port, [b1.port], etcd_server))
@@ -147,7 +132,7 @@ def test_etcd_down_at_start_then_up(tmp_path, sozu, backend, etcd_server, provid
 
 
 def test_etcd_restarted_under_load_resumes_by_revision_or_reads_again_when_compacted(
-        tmp_path, sozu, backend, etcd_server, provider):
+        tmp_path, sozu, backend, etcd_server):
     b1, b2, b3 = backend("b1"), backend("b2"), backend("b3")
     port = free_port()
     proxy = sozu(config(tmp_path, port, [b1.port], etcd_server))
@@ -166,7 +151,7 @@ def test_etcd_restarted_under_load_resumes_by_revision_or_reads_again_when_compa
 
         # Frozen through a restart: its watch dies silently; the changes it missed are
         # compacted away, so the heartbeat's resync reads everything again.
-        watcher.process.send_signal(signal.SIGSTOP)
+        watcher.send_signal(signal.SIGSTOP)
         try:
             etcd_server.stop()
             etcd_server.start()
@@ -174,7 +159,7 @@ def test_etcd_restarted_under_load_resumes_by_revision_or_reads_again_when_compa
             etcd_server.delete(f"{PREFIX}backends/app/b2")
             etcd_server.compact()
         finally:
-            watcher.process.send_signal(signal.SIGCONT)
+            watcher.send_signal(signal.SIGCONT)
         wait_for(lambda: everywhere(proxy, {f"127.0.0.1:{b1.port}", f"127.0.0.1:{b3.port}"}),
                  timeout=20, what="the missed changes applied")
         log = watcher.log()
