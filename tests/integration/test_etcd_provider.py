@@ -164,5 +164,9 @@ def test_etcd_restarted_under_load_resumes_by_revision_or_reads_again_when_compa
                  timeout=20, what="the missed changes applied")
         log = watcher.log()
         assert "the etcd watch is silent" in log
-        assert log.count("keys at revision") == 2
+        # Which way it catches up depends on timing: events the watch still delivered can carry
+        # its revision past the compaction (then it resumes), or not (then it reads everything
+        # again, once). Either way the proxy converged above: a provider that took a compacted
+        # revision for a live one would never see b2's removal.
+        assert log.count("keys at revision") in (1, 2)
     assert load.ok > 0 and load.failures == []
