@@ -54,7 +54,7 @@ test: system-packages $(STAMP)
 	$(PYTEST) tests/test_sandbox.py
 	$(PYTEST) tests/integration/test_http_session_edge.py
 	$(PYTEST) $(addprefix --ignore=,$(ISOLATED)) tests
-	$(PY) fuzz/run.py --seconds 3
+	$(PY) fuzz/run.py --seconds 1
 
 # Coverage-guided fuzzing of the parsers (fuzz/run.py, atheris), FUZZ_SECONDS per target; a
 # crash leaves its input in fuzz/crashes/ and exits 1.
