@@ -1,5 +1,6 @@
 """Frontend rules through a real proxy (docs/routing.md): equals, prefix and regex paths,
 methods, and their precedence; the same rules added at runtime and listed by sozuctl."""
+import contextlib
 import json
 
 import pytest
@@ -17,19 +18,31 @@ APPS = {
 }
 
 
-@pytest.fixture(scope="module")
-def ruled(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("rules")
-    backends = {name: Backend(name) for name in APPS}
+@contextlib.contextmanager
+def proxy_of(tmp, fronts_by_app: dict, access=None):
+    """A 2-worker proxy with one echo backend per application, given its fronts; access lines
+    go to the file `access` when given."""
+    backends = {name: Backend(name) for name in fronts_by_app}
     port = free_port()
     apps = {name: {"fronts": fronts, "backends": [f"127.0.0.1:{backends[name].port}"]}
-            for name, fronts in APPS.items()}
-    proxy = Sozu(tmp, http_apps_config(tmp, port, apps, worker_count=2)).start()
-    proxy.port, proxy.backends = port, backends
-    yield proxy
-    proxy.stop()
-    for b in backends.values():
-        b.stop()
+            for name, fronts in fronts_by_app.items()}
+    config = http_apps_config(tmp, port, apps, worker_count=2)
+    if access is not None:
+        config = config.replace('log_access_target = "stdout"', f'log_access_target = "file://{access}"')
+    proxy = Sozu(tmp, config).start()
+    proxy.port, proxy.backends, proxy.access = port, backends, access
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+        for b in backends.values():
+            b.stop()
+
+
+@pytest.fixture(scope="module")
+def ruled(tmp_path_factory):
+    with proxy_of(tmp_path_factory.mktemp("rules"), APPS) as proxy:
+        yield proxy
 
 
 def served_by(proxy, method: str, path: str, host: str = HOST):
@@ -99,19 +112,8 @@ ACTIONS = {
 @pytest.fixture(scope="module")
 def acting(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("actions")
-    backends = {name: Backend(name) for name in ACTIONS}
-    port = free_port()
-    apps = {name: {"fronts": fronts, "backends": [f"127.0.0.1:{backends[name].port}"]}
-            for name, fronts in ACTIONS.items()}
-    access = tmp / "access.log"
-    config = http_apps_config(tmp, port, apps, worker_count=2)
-    config = config.replace('log_access_target = "stdout"', f'log_access_target = "file://{access}"')
-    proxy = Sozu(tmp, config).start()
-    proxy.port, proxy.backends, proxy.access = port, backends, access
-    yield proxy
-    proxy.stop()
-    for b in backends.values():
-        b.stop()
+    with proxy_of(tmp, ACTIONS, access=tmp / "access.log") as proxy:
+        yield proxy
 
 
 def test_redirects_are_answered_without_a_backend(acting):
