@@ -43,6 +43,7 @@ from OpenSSL import SSL
 
 from sozu.certificates import (CertificateError, certificate_names, check_certificate, load_certificates,
                                load_key)
+from sozu.http.sockio import StreamSocketCalls
 from sozu.vocabulary import ALPN_PROTOCOLS, TLS_VERSIONS
 
 log = logging.getLogger("sozu.tls")
@@ -254,7 +255,7 @@ class TLSError(ConnectionError):
     """A TLS failure on a connection; an OSError, so the session treats it as a broken client."""
 
 
-class TLSSocket:
+class TLSSocket(StreamSocketCalls):
     """A server-side TLS connection over a (gevent) socket, with the socket methods the HTTP
     session uses. Only one greenlet reads and one writes at a time (the tunnel has one of each)."""
 
@@ -350,11 +351,6 @@ class TLSSocket:
             self._flush()  # a read may make OpenSSL answer (a TLS 1.3 key update)
             return data
 
-    def recv_into(self, buffer, size: int) -> int:
-        data = self.recv(size)
-        buffer[:len(data)] = data
-        return len(data)
-
     def sendall(self, data) -> None:
         view = memoryview(data).cast("B")
         for start in range(0, len(view), RECORD_SIZE):
@@ -363,10 +359,6 @@ class TLSSocket:
             except SSL.Error as error:
                 raise TLSError(_describe(error)) from None
             self._flush()
-
-    def send(self, data) -> int:
-        self.sendall(data)
-        return len(data)
 
     def settimeout(self, timeout) -> None:
         self._sock.settimeout(timeout)

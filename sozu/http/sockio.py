@@ -1,4 +1,5 @@
-"""Two socket calls of the HTTP session, cheaper than gevent's own (worker only, gevent)."""
+"""Two socket calls of the HTTP session, cheaper than gevent's own, and the base of the objects
+that stand in for a client socket (worker only, gevent)."""
 from __future__ import annotations
 
 
@@ -29,3 +30,17 @@ def send_all(sock, data, more=b"") -> None:
         sent = len(data)
     if sent < len(data) + len(more):
         sock.sendall(memoryview(more)[sent - len(data):])
+
+
+class StreamSocketCalls:
+    """recv_into and send, derived from recv and sendall: what a socket stand-in (a TLS
+    connection, an HTTP/2 stream) need not write again. send always takes everything."""
+
+    def recv_into(self, buffer, size: int) -> int:
+        data = self.recv(size)
+        buffer[:len(data)] = data
+        return len(data)
+
+    def send(self, data) -> int:
+        self.sendall(data)
+        return len(data)

@@ -49,6 +49,7 @@ from h2.exceptions import H2Error
 
 from sozu.http.parser import ProtocolError
 from sozu.http.edge import serve as serve_exchange
+from sozu.http.sockio import StreamSocketCalls
 from sozu.http2.protocol import (Body, ConnectionAbort, Http2Protocol, Request, Reset,
                                  ResponseTranslator, Truncated, WindowOpened)
 
@@ -58,7 +59,7 @@ READ_SIZE = 65536
 DRAIN_ROUND_TRIP = 1.0  # s: the longest the first GOAWAY waits for its PING to come back
 
 
-class StreamSocket:
+class StreamSocket(StreamSocketCalls):
     """One stream, as the client socket of an HTTP/1.1 session that carries its one request."""
 
     def __init__(self, connection: "Http2Connection", stream_id: int, start, ended: bool):
@@ -110,11 +111,6 @@ class StreamSocket:
             self.connection.acknowledge(self, flow)
         return data
 
-    def recv_into(self, buffer, size: int) -> int:
-        data = self.recv(size)
-        buffer[:len(data)] = data
-        return len(data)
-
     def sendall(self, data) -> None:
         if self.error is not None:
             raise self.error
@@ -128,10 +124,6 @@ class StreamSocket:
             raise self.error from None
         for part in parts:
             self.connection.send_part(self, part)
-
-    def send(self, data) -> int:
-        self.sendall(data)
-        return len(data)
 
     def shutdown(self, how: int) -> None:
         """SHUT_WR: the session's response is complete (a lingering close follows)."""
