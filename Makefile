@@ -48,12 +48,14 @@ run: system-packages $(STAMP)
 # locks). The in-process session tests run a gevent hub, which closes some sockets later, by
 # number: in a process shared with threaded test backends, such a late close once hit a
 # descriptor a backend's listening socket had reused.
+# The rest runs in two pytest-xdist processes: most tests wait on real processes and sockets,
+# so two at a time keep 2 cores busy (5 min in one process, about 3 in two).
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider --timeout=120
 ISOLATED := tests/test_sandbox.py tests/integration/test_http_session_edge.py
 test: system-packages $(STAMP)
 	$(PYTEST) tests/test_sandbox.py
 	$(PYTEST) tests/integration/test_http_session_edge.py
-	$(PYTEST) $(addprefix --ignore=,$(ISOLATED)) tests
+	$(PYTEST) -n 2 $(addprefix --ignore=,$(ISOLATED)) tests
 	$(PY) fuzz/run.py --seconds 1
 
 # Coverage-guided fuzzing of the parsers (fuzz/run.py, atheris), FUZZ_SECONDS per target; a

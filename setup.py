@@ -17,7 +17,8 @@ setup(
         "etcd3gw>=2.4",
     ],
     extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100",
-                             "prometheus_client>=0.17", "atheris>=2.3"]},
+                             "prometheus_client>=0.17", "atheris>=2.3",
+                             "pytest-xdist>=3.5"]},
     entry_points={
         "console_scripts": [
             "sozu = sozu.cli:main",
