@@ -119,6 +119,8 @@ class CommandServer:
         self.tasks: dict[str, Task] = {}  # channel message id -> task
         self.ids = itertools.count()
         self.orders_applied = 0  # state orders applied by the master: a metric
+        # provider -> its last PROVIDER_REPORT (the keys it refused), shown by LIST_WORKERS
+        self.provider_reports: dict[str, dict] = {}
 
     # -- the socket --------------------------------------------------------------------------
     @classmethod
@@ -271,7 +273,11 @@ class CommandServer:
             self.load_state(client, request)
         elif kind == "LIST_WORKERS":
             client.send(_answer(request.id, "OK", "", {"workers": self.list_workers(),
-                                                        "backends": backend_health(master.state)}))
+                                                        "backends": backend_health(master.state),
+                                                        "providers": list(self.provider_reports.values())}))
+        elif kind == "PROVIDER_REPORT":
+            self.provider_reports[request.data["provider"]] = request.data
+            client.send(_answer(request.id, "OK", f"{len(request.data['refused'])} refused keys noted"))
         elif kind == "SUBSCRIBE_EVENTS":
             client.subscribed = request.id
             client.send(_answer(request.id, "PROCESSING", "subscribed to events"))

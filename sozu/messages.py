@@ -809,8 +809,16 @@ class Order:
 
 REQUEST_TYPES = frozenset({
     "PROXY", "SAVE_STATE", "LOAD_STATE", "DUMP_STATE", "LIST_WORKERS", "UPGRADE_MASTER",
-    "UPGRADE_WORKER", "SUBSCRIBE_EVENTS"})
+    "UPGRADE_WORKER", "SUBSCRIBE_EVENTS", "PROVIDER_REPORT"})
 _PATH = _object({"path": (_nonempty, _req)})
+# A provider's word on what it could not apply (docs/etcd.md): the whole list each time, which
+# replaces the one before; `sozuctl status` shows it.
+PROVIDERS = ("etcd",)
+_PROVIDER_REPORT = _object({
+    "provider": (_enum(PROVIDERS), _req),
+    "pid": (_int_range(1, None), _req),
+    "refused": (_list_of(_object({"key": (_nonempty, _req), "reason": (_str, _req)})), _req),
+})
 _REQUEST_DATA: dict[str, Checker] = {
     "SAVE_STATE": _PATH,
     "LOAD_STATE": _PATH,
@@ -819,6 +827,7 @@ _REQUEST_DATA: dict[str, Checker] = {
     "UPGRADE_MASTER": _none,
     "UPGRADE_WORKER": _int_range(0, None),
     "SUBSCRIBE_EVENTS": _none,
+    "PROVIDER_REPORT": _PROVIDER_REPORT,
 }
 _REQUEST_FIELDS = frozenset({"id", "version", "type", "data", "worker_id"})
 _ANSWER_FIELDS = frozenset({"id", "version", "status", "message", "data"})

@@ -359,6 +359,8 @@ def test_proxy_request_holds_a_validated_order():
     ("SAVE_STATE", {"path": "/tmp/s"}), ("LOAD_STATE", {"path": "s.json"}), ("DUMP_STATE", None),
     ("LIST_WORKERS", None), ("UPGRADE_MASTER", None), ("UPGRADE_WORKER", 3),
     ("SUBSCRIBE_EVENTS", None),
+    ("PROVIDER_REPORT", {"provider": "etcd", "pid": 12, "refused": [
+        {"key": "/sozu/applications/a", "reason": "the value is not JSON"}]}),
 ])
 def test_request_types(kind, data):
     obj = {"id": "x", "type": kind}
@@ -387,6 +389,11 @@ def test_request_types(kind, data):
     ({"id": "x", "type": "UPGRADE_WORKER", "data": "1"}, "request: data: expected an integer"),
     ({"id": "x", "type": "UPGRADE_WORKER"}, "request: data: expected an integer >= 0, got null"),
     ({"id": "x", "type": "PROXY"}, "request: data: expected an order, got null"),
+    ({"id": "x", "type": "PROVIDER_REPORT", "data": {"provider": "consul", "pid": 1, "refused": []}},
+     'request: data.provider: expected one of "etcd"'),
+    ({"id": "x", "type": "PROVIDER_REPORT", "data": {"provider": "etcd", "pid": 1,
+                                                     "refused": [{"key": "/sozu/x"}]}},
+     "request: data.refused[0].reason: missing required field"),
     ({"id": "x", "type": "PROXY", "data": {"type": "ADD_BACKEND", "data": {
         "app_id": "MyApp", "backend_id": "b1", "address": "foo"}}},
      'ADD_BACKEND: data.address: expected "IP:PORT", got "foo"'),

@@ -82,6 +82,11 @@ def status(data: Any) -> str:
             since = b.get("since")
             text += (f"\n  down: {b.get('app_id')} {b.get('backend_id')} ({b.get('address')}) since "
                      f"{_time(since) if isinstance(since, (int, float)) else '-'}: {b.get('reason') or '-'}")
+    for report in map(_as_dict, _as_list(_as_dict(data).get("providers"))):
+        refused = [_as_dict(r) for r in _as_list(report.get("refused"))]  # docs/etcd.md
+        text += f"\n\n{report.get('provider')} provider (pid {report.get('pid')}): {len(refused)} keys refused"
+        for r in refused:
+            text += f"\n  refused: {r.get('key')}: {r.get('reason')}"
     return text
 
 

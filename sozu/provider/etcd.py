@@ -50,6 +50,10 @@ log = logging.getLogger("sozu.provider")
 
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 10.0
 ETCD_ERRORS = (etcd_exceptions.Etcd3Exception, requests.exceptions.RequestException, ValueError)
+# Of those, the ones where no etcd answered (down, no route, TLS refused): the others are
+# etcd's own refusals (authentication failed, permission denied).
+UNREACHABLE = (etcd_exceptions.ConnectionFailedError, etcd_exceptions.ConnectionTimeoutError,
+               requests.exceptions.ConnectionError, requests.exceptions.Timeout)
 
 
 class ProxyRefused(Exception):
@@ -62,6 +66,19 @@ def _b64(text: str) -> str:
 
 def _range_end(prefix: str) -> str:
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)  # the prefix ends with "/"
+
+
+class _TrustingOnly(requests.adapters.HTTPAdapter):
+    """HTTPS that trusts `ca_certificate` only. requests lets REQUESTS_CA_BUNDLE (set on many
+    systems) override a session's own CA: the system's CAs would be asked to vouch for etcd's
+    certificate, and refuse it."""
+
+    def __init__(self, ca_certificate: str):
+        super().__init__()
+        self.ca_certificate = ca_certificate
+
+    def send(self, request, **kwargs):
+        return super().send(request, **{**kwargs, "verify": self.ca_certificate})
 
 
 @dataclass
@@ -86,6 +103,8 @@ class Etcd:
         client = etcd3gw.Etcd3Client(host=url.hostname, port=url.port, protocol=url.scheme,
                                      ca_cert=s.ca_certificate, cert_cert=s.certificate,
                                      cert_key=s.key, timeout=s.timeout)
+        if s.ca_certificate is not None:
+            client.session.mount("https://", _TrustingOnly(s.ca_certificate))
         if s.user is not None:
             answer = client.post(client.get_url("/auth/authenticate"),
                                  json={"name": s.user, "password": s.password})
@@ -163,6 +182,11 @@ class Proxy:
         for order in orders:
             self._send("PROXY", order)
 
+    def report(self, refused: dict[str, str]) -> None:
+        """Tell the master which keys are refused, for `sozuctl status` (docs/etcd.md)."""
+        self._send("PROVIDER_REPORT", {"provider": "etcd", "pid": os.getpid(), "refused": [
+            {"key": key, "reason": reason} for key, reason in sorted(refused.items())]})
+
     def close(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -184,6 +208,7 @@ class Provider:
         self.kvs: dict[str, bytes] = {}      # the keys as of that revision
         self.applied: ConfigState | None = None  # what the proxy holds from etcd, once synced
         self.refused: dict[str, str] = {}
+        self.reported: dict[str, str] | None = None  # the refused keys the master was last told
         self.full_sync = True
         self.events: queue.Queue = queue.Queue()  # the watch's events; None: stop
 
@@ -198,12 +223,14 @@ class Provider:
             try:
                 self.etcd.connect()
                 self.sync()
+                self.report(again=True)  # a master met anew (started again) knows nothing yet
                 backoff = BACKOFF_FIRST
                 self.watch()
             except ETCD_ERRORS as error:  # edge: etcd unreachable or refusing; try again
-                self.enter("etcd-down", logging.WARNING,
-                           f"etcd at {self.etcd.where} unreachable ({describe(error)}): the proxy "
-                           "keeps its state; retrying")
+                down = isinstance(error, UNREACHABLE)
+                self.enter("etcd-down" if down else "etcd-refused", logging.WARNING,
+                           f"etcd at {self.etcd.where} {'unreachable' if down else 'refused the provider'} "
+                           f"({describe(error)}): the proxy keeps its state; retrying")
             except (ProxyUnreachable, ProxyRefused) as error:  # edge: the proxy, later again
                 self.full_sync = True
                 self.enter("proxy-down", logging.WARNING,
@@ -214,9 +241,11 @@ class Provider:
         self.proxy.close()
 
     def enter(self, status: str, level: int, message: str) -> None:
-        """Log a state change once, not every try."""
+        """Log a state change once; every try after it only at debug level."""
         if status != self.status:
             log.log(level, "%s", message)
+        else:
+            log.debug("again: %s", message)
         self.status = status
 
     def sync(self) -> None:
@@ -254,6 +283,8 @@ class Provider:
                     batch = [events.get(timeout=max(0.0, next_check - time.monotonic()))]
                 except queue.Empty:
                     next_check = time.monotonic() + self.heartbeat
+                    # A master that replaced the one told (an upgrade) learns within a heartbeat.
+                    self.report(again=True)
                     suspicious = suspicious + 1 if self.missed() else 0
                     if suspicious >= 2:
                         log.warning("the etcd watch is silent (etcd holds changes after revision "
@@ -302,6 +333,14 @@ class Provider:
             self.full_sync = False
             self.applied = translation.state
             log.debug("revision %s: %d orders sent", revision, len(orders))
+        self.report()
+
+    def report(self, again: bool = False) -> None:
+        """The refused keys to the master when they changed since it was told (or `again`)."""
+        if again or self.refused != self.reported:
+            self.reported = None  # until the master has taken it
+            self.proxy.report(self.refused)
+            self.reported = dict(self.refused)
 
     def translate(self) -> Translation:
         translation = translate(self.etcd.prefix, self.kvs, check=_check,
@@ -318,6 +357,8 @@ class Provider:
 def describe(error: Exception) -> str:
     """One line for an etcd failure: etcd's own message when it sent one."""
     text = getattr(error, "detail_text", None) or str(error) or type(error).__name__
+    if "(Caused by " in text:  # requests' wrapping: the cause (refused, TLS alert) is the news
+        text = text.rpartition("(Caused by ")[2].removesuffix(")")
     try:
         text = json.loads(text)["error"]
     except (ValueError, TypeError, KeyError):

@@ -653,6 +653,18 @@ def test_status_table(peer, config, capsys):
         "1       1235  RUNNING          2           0\n")
 
 
+def test_status_names_the_keys_a_provider_refused(peer, config, capsys):
+    peer.reply = lambda req: [answer(req["id"], data={
+        "workers": [{"id": "master", "pid": 1233, "state": "RUNNING", "restarts": 0}],
+        "providers": [{"provider": "etcd", "pid": 1240, "refused": [
+            {"key": "/sozu/applications/broken", "reason": "the value is not JSON: ..."}]}]})]
+    status, out, _ = run(config, "status", capsys=capsys)
+    assert status == 0
+    assert out.endswith(
+        "\n\netcd provider (pid 1240): 1 keys refused\n"
+        "  refused: /sozu/applications/broken: the value is not JSON: ...\n")
+
+
 def test_metrics_table(peer, config, capsys):
     peer.reply = lambda req: [answer(req["id"], data={
         "workers": {"1": {"requests": 5, "connections": 1},

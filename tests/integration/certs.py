@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import ipaddress
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 _serials = itertools.count(1)
+_USAGES = {"server": ExtendedKeyUsageOID.SERVER_AUTH, "client": ExtendedKeyUsageOID.CLIENT_AUTH}
 
 
 def _now() -> datetime.datetime:
@@ -121,7 +123,10 @@ class TestCA:
     def issue(self, names: list[str], *, key_type: str = "ec", key=None,
               not_before: datetime.datetime | None = None,
               not_after: datetime.datetime | None = None, common_name: str | None = None,
-              san: bool = True) -> Leaf:
+              san: bool = True, ips: tuple[str, ...] = (),
+              usages: tuple[str, ...] = ("server",)) -> Leaf:
+        """A leaf for `names` (and `ips`), for its `usages`: "server" (to serve TLS), "client"
+        (to authenticate to a server that asks for a client certificate), or both."""
         key = key or new_key(key_type)
         now = _now()
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name or names[0])])
@@ -132,13 +137,14 @@ class TestCA:
                    .not_valid_before(not_before or now - datetime.timedelta(days=1))
                    .not_valid_after(not_after or now + datetime.timedelta(days=30))
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                   .add_extension(x509.ExtendedKeyUsage([_USAGES[usage] for usage in usages]),
                                   critical=False)
                    .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                        self.key.public_key()), critical=False))
         if san:
             builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+                x509.SubjectAlternativeName([x509.DNSName(n) for n in names] + [
+                    x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]), critical=False)
         cert = builder.sign(self.key, hashes.SHA256())
         number = next(_serials)
         stem = f"leaf{number}-{names[0].replace('*', 'star')}"

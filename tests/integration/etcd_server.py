@@ -5,26 +5,51 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import etcd3gw
 import pytest
+import requests
 
 from tests.integration.harness import free_port, wait_for
 
 ETCD = shutil.which("etcd")
 
 
+@dataclass
+class EtcdTLS:
+    """etcd serving its clients over TLS: its certificate and key, the CA it trusts for client
+    certificates (asked for when `client_cert_auth`), and the client certificate the test's own
+    requests use."""
+    ca: Path
+    cert: Path
+    key: Path
+    client_cert: Path
+    client_key: Path
+    client_cert_auth: bool = True
+
+
 class EtcdServer:
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, tls: EtcdTLS | None = None):
         self.data_dir = tmp / "etcd-data"
         self.log_path = tmp / "etcd.log"
         self.client_port, self.peer_port = free_port(), free_port()
+        self.tls = tls
         self.process: subprocess.Popen | None = None
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.client_port}"
+
+    def _tls_options(self) -> list[str]:
+        tls = self.tls
+        if tls is None:
+            return []
+        options = ["--cert-file", str(tls.cert), "--key-file", str(tls.key)]
+        if tls.client_cert_auth:
+            options += ["--client-cert-auth", "--trusted-ca-file", str(tls.ca)]
+        return options
 
     def start(self) -> "EtcdServer":
         peer = f"http://127.0.0.1:{self.peer_port}"
@@ -33,7 +58,8 @@ class EtcdServer:
                 [ETCD, "--name", "test", "--data-dir", str(self.data_dir),
                  "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
                  "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                 "--initial-cluster", f"test={peer}"], stdout=log, stderr=log)
+                 "--initial-cluster", f"test={peer}", *self._tls_options()],
+                stdout=log, stderr=log)
         wait_for(self.healthy, timeout=20, what="etcd to serve")
         return self
 
@@ -53,7 +79,14 @@ class EtcdServer:
         self.process = None
 
     def client(self) -> etcd3gw.Etcd3Client:
-        return etcd3gw.Etcd3Client("127.0.0.1", self.client_port, timeout=5)
+        if self.tls is None:
+            return etcd3gw.Etcd3Client("127.0.0.1", self.client_port, timeout=5)
+        session = requests.Session()
+        session.trust_env = False  # else REQUESTS_CA_BUNDLE would replace the test's CA
+        session.verify = str(self.tls.ca)
+        session.cert = (str(self.tls.client_cert), str(self.tls.client_key))
+        return etcd3gw.Etcd3Client("127.0.0.1", self.client_port, protocol="https", timeout=5,
+                                   session=session)
 
     def put(self, key: str, value) -> int:
         raw = value if isinstance(value, (bytes, str)) else json.dumps(value)

@@ -1,6 +1,7 @@
 """The etcd provider with a real etcd server, a real sozu and real clients (docs/etcd.md)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -39,6 +40,12 @@ endpoints = ["{etcd.endpoint}"]
 prefix = "{PREFIX}"
 heartbeat = 1
 """)
+
+
+def with_provider_tries_logged(text: str) -> str:
+    """The configuration with the provider's every try logged (at debug level), not only its
+    changes of state."""
+    return text.replace('log_level = "info"', 'log_level = "info,sozu.provider=debug"', 1)
 
 
 def backend_key(etcd, name, port, app="app") -> None:
@@ -108,9 +115,39 @@ def test_an_invalid_value_is_refused_with_its_key_and_the_rest_applied(
     assert f"etcd key {PREFIX}backends/app/bad refused:" in log
     diff = proxy.ctl("etcd", "diff").stdout
     assert f"refused: {PREFIX}applications/broken" in diff and "0 orders" in diff
+    status = wait_for(lambda: refused_in_status(proxy, 2), what="the refused keys in the status")
+    assert f"  refused: {PREFIX}applications/broken: the value is not JSON" in status
+    assert f"  refused: {PREFIX}backends/app/bad: " in status
+    report = status_json(proxy)["providers"][0]
+    assert report["pid"] == watcher.pid
+    assert [r["key"] for r in report["refused"]] == [f"{PREFIX}applications/broken",
+                                                     f"{PREFIX}backends/app/bad"]
+
+    # Deleted, or fixed: gone from the status, and the fixed one applied.
     etcd_server.delete(f"{PREFIX}applications/broken")
-    wait_for(lambda: f"etcd key {PREFIX}applications/broken removed" in watcher.log(),
-             what="the refused key's removal noticed")
+    b3 = backend("b3")
+    backend_key(etcd_server, "bad", b3.port)  # now a valid order
+    wait_for(lambda: refused_in_status(proxy, 0), what="no key refused in the status")
+    wait_for(lambda: everywhere(proxy, {f"127.0.0.1:{p}" for p in (b1.port, b2.port, b3.port)}),
+             what="the fixed key applied in every worker")
+    assert status_json(proxy)["providers"][0]["refused"] == []
+    log = watcher.log()
+    assert f"etcd key {PREFIX}applications/broken removed" in log
+    assert f"etcd key {PREFIX}backends/app/bad accepted" in log
+
+
+def refused_in_status(proxy, count: int) -> str | None:
+    """`sozuctl status` once it says the provider refused `count` keys."""
+    result = proxy.ctl("status")
+    assert result.returncode == 0, result.stderr
+    found = re.search(rf"etcd provider \(pid \d+\): {count} keys refused", result.stdout)
+    return result.stdout if found else None
+
+
+def status_json(proxy) -> dict:
+    result = proxy.ctl("--json", "status")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["data"]
 
 
 def test_etcd_down_at_start_then_up(tmp_path, sozu, backend, etcd_server):
