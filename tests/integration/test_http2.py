@@ -10,6 +10,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
 import time
 
 import hpack
@@ -20,7 +21,8 @@ from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, RstStre
 
 from tests.integration.certs import TestCA
 from tests.integration.h2client import Closed, H2Client
-from tests.integration.harness import Backend, RawBackend, Sozu, free_port, rss_kib, wait_for
+from tests.integration.harness import (Backend, RawBackend, Sozu, ThreadedServer, free_port, read_head,
+                                      rss_kib, wait_for)
 
 pytestmark = pytest.mark.skipif(shutil.which("nghttp") is None, reason="nghttp2-client is not installed")
 
@@ -29,8 +31,11 @@ pytestmark = pytest.mark.skipif(shutil.which("nghttp") is None, reason="nghttp2-
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("h2")
     ca = TestCA(tmp / "pki")
-    leaf = ca.issue(["a.test", "b.test", "t.test", "ws.test", "slow.test", "nowhere.test", "length.test"])
+    leaf = ca.issue(["a.test", "b.test", "t.test", "ws.test", "slow.test", "nowhere.test", "length.test",
+                     "stream.test"])
     web, other = Backend("web"), Backend("other")
+    # The stall tests' own backends: no other test's traffic, and no dead backend to skip first.
+    stall, streamer = Backend("stall"), Streamer(60_000_000)
     dead = free_port()  # nothing listens there: a backend that is down
     trailers = RawBackend(lambda conn, head: conn.sendall(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-check\r\n\r\n"
@@ -73,9 +78,18 @@ protocol = "http"
 frontends = [
   {{ address = "127.0.0.1:{port}", hostname = "a.test", {cert} }},
   {{ address = "127.0.0.1:{h1_port}", hostname = "a.test", {cert} }},
-  {{ address = "127.0.0.1:{slow_port}", hostname = "slow.test", {cert} }},
 ]
 backends = [ "127.0.0.1:{web.port}", "127.0.0.1:{dead}" ]
+
+[applications.stall]
+protocol = "http"
+frontends = [ {{ address = "127.0.0.1:{slow_port}", hostname = "slow.test", {cert} }} ]
+backends = [ "127.0.0.1:{stall.port}" ]
+
+[applications.stream]
+protocol = "http"
+frontends = [ {{ address = "127.0.0.1:{port}", hostname = "stream.test", {cert} }} ]
+backends = [ "127.0.0.1:{streamer.port}" ]
 
 [applications.other]
 protocol = "http"
@@ -99,10 +113,44 @@ backends = [ "127.0.0.1:{websocket.port}" ]
 """
     sozu = Sozu(tmp, config).start()
     yield {"sozu": sozu, "port": port, "h1_port": h1_port, "slow_port": slow_port, "ca": ca,
-           "web": web, "other": other, "tmp": tmp, "notes": notes}
+           "web": web, "other": other, "tmp": tmp, "notes": notes, "stall": stall,
+           "streamer": streamer}
     sozu.stop()
-    for backend in (web, other, trailers, websocket, lengths):
+    for backend in (web, other, trailers, websocket, lengths, stall, streamer):
         backend.stop()
+
+
+class Streamer(ThreadedServer):
+    """A backend that answers every request with a `size`-byte body, as fast as the proxy
+    takes it: `sent` counts what the proxy took, and `stalled` is set once one send waited
+    STALL seconds (the proxy stopped reading). The connection is then kept until the proxy
+    closes it."""
+    STALL = 0.5
+
+    def __init__(self, size: int):
+        self.size, self.sent = size, 0
+        self.stalled = threading.Event()
+        super().__init__()
+
+    def handle(self, conn) -> None:
+        with conn:
+            if read_head(conn) is None:
+                return
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % self.size)
+            block = memoryview(b"x" * 65536)
+            conn.settimeout(self.STALL)
+            try:
+                while self.sent < self.size:
+                    self.sent += conn.send(block[:self.size - self.sent])
+            except socket.timeout:
+                self.stalled.set()
+            except OSError:
+                return
+            try:
+                conn.settimeout(None)
+                conn.recv(1)  # until the proxy closes (or resets) it
+            except OSError:
+                return
 
 
 def read_declared_body(conn, head: bytes, notes: list) -> None:
@@ -409,33 +457,43 @@ def test_header_list_and_hpack_table_limits(env):
 
 
 def test_a_zero_window_stall_ends_with_front_timeout(env):
-    """A client that never opens its window: the stream ends after front_timeout (2 s here),
-    its backend connection is closed, then the idle connection goes."""
+    """A client that never opens its window: the stream is reset once front_timeout (2 s here)
+    passed without progress, its backend connection is closed, then the idle connection goes.
+    Each step is awaited as a condition, with deadlines a loaded machine cannot reach; the only
+    time asserted is the lower bound, which load cannot break: no reset before front_timeout."""
+    stall = env["stall"]
     c = client(env, port=env["slow_port"], host="slow.test", settings={SettingCodes.INITIAL_WINDOW_SIZE: 0})
     try:
         start = time.monotonic()
         stream_id = c.start("/size/100000")
         try:
-            response = c.wait(stream_id, timeout=10)
+            response = c.wait(stream_id, timeout=30)
         except Closed:
             raise AssertionError(env["sozu"].log()[-3000:]) from None
         assert response.status == 200 and response.reset is not None and not response.body
-        assert 1.5 < time.monotonic() - start < 6
-        c.wait_closed(timeout=10)
+        assert time.monotonic() - start >= 2
+        wait_for(lambda: stall.connections == 1 and stall.open_connections == 0, timeout=30,
+                 what="the stalled stream's backend connection closed")
+        c.wait_closed(timeout=30)
     finally:
         c.close()
 
 
 def test_a_slow_reader_never_makes_the_worker_buffer_the_body(env):
+    """A client that takes one window of a 60 MB body and acknowledges nothing: once the proxy
+    stops reading the backend (the backend's send waits), the worker holds no more of the body
+    than its buffers."""
+    streamer = env["streamer"]
     pid = worker_pid(env)
     rss_before = rss_kib(pid)
-    c = client(env, settings={SettingCodes.INITIAL_WINDOW_SIZE: 65535})
+    c = client(env, host="stream.test", settings={SettingCodes.INITIAL_WINDOW_SIZE: 65535})
     c.conn.acknowledge_received_data = lambda size, stream_id: None  # read, never acknowledge
     try:
-        stream_id = c.start("/size/60000000")
-        c.pump_until(lambda: len(c.responses[stream_id].body) >= 65535)
-        time.sleep(1)  # the backend keeps writing; sozu may not read it on our behalf
+        stream_id = c.start("/")
+        c.pump_until(lambda: len(c.responses[stream_id].body) >= 65535, timeout=30)
+        assert streamer.stalled.wait(30), f"the backend was never held back ({streamer.sent} bytes sent)"
         assert rss_kib(pid) - rss_before < 20_000
+        assert streamer.sent < 20_000_000  # socket buffers and the session's, not the body
         assert len(c.responses[stream_id].body) == 65535
     finally:
         c.close()
