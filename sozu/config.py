@@ -81,7 +81,8 @@ class ListenerConfig:
     tls_versions: tuple[str, ...] = ()             # https only
     cipher_list: str | None = None                 # https only
     alpn: tuple[str, ...] = ()                     # https only: ALPN protocols, preferred first
-    http2_max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS  # https only
+    http2_max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS  # https, h2c
+    h2c_prior_knowledge: bool = False              # http only: HTTP/2 without TLS (docs/http2.md)
     # The effective timeouts: the listener's own, else the global ones.
     front_timeout: int = _TIMEOUT["front_timeout"]
     back_timeout: int = _TIMEOUT["back_timeout"]
@@ -278,6 +279,9 @@ def _listener_data(listener: ListenerConfig) -> dict:
     if listener.protocol == "https":
         data.update(versions=list(listener.tls_versions), cipher_list=listener.cipher_list,
                     alpn=list(listener.alpn),
+                    http2_max_concurrent_streams=listener.http2_max_concurrent_streams)
+    if listener.h2c_prior_knowledge:
+        data.update(h2c_prior_knowledge=True,
                     http2_max_concurrent_streams=listener.http2_max_concurrent_streams)
     return data
 
@@ -613,9 +617,17 @@ def _parse_listeners(top: _Table, settings: dict) -> tuple[ListenerConfig, ...]:
         _check_bind(table, address, seen)
         seen[address] = table.key("address")
         if protocol != "https":
-            table.refuse(("tls_versions", "cipher_list", "alpn", "http2_max_concurrent_streams"),
-                         "only for https listeners",
+            table.refuse(("tls_versions", "cipher_list", "alpn"), "only for https listeners",
                          f"no such key on {protocol} listeners")
+        if protocol != "http":
+            table.refuse(("h2c_prior_knowledge",), "only for http listeners",
+                         f"no such key on {protocol} listeners")
+        h2c = protocol == "http" and table.boolean("h2c_prior_knowledge")
+        if protocol == "tcp" or (protocol == "http" and not h2c):
+            table.refuse(("http2_max_concurrent_streams",),
+                         "only for https listeners and http listeners with h2c_prior_knowledge",
+                         "h2c_prior_knowledge = true beside it" if protocol == "http"
+                         else "no such key on tcp listeners")
         if protocol == "tcp":
             table.refuse(_ANSWER_KEYS + ("sticky_name", "request_timeout"),
                          "only for http and https listeners", "no such key on tcp listeners")
@@ -633,7 +645,8 @@ def _parse_listeners(top: _Table, settings: dict) -> tuple[ListenerConfig, ...]:
             http2_max_concurrent_streams=table.integer(
                 "http2_max_concurrent_streams", 1, MAX_CONCURRENT_STREAMS,
                 default=DEFAULT_MAX_CONCURRENT_STREAMS)
-            if protocol == "https" else DEFAULT_MAX_CONCURRENT_STREAMS,
+            if protocol == "https" or h2c else DEFAULT_MAX_CONCURRENT_STREAMS,
+            h2c_prior_knowledge=h2c,
             **timeouts))
     return tuple(listeners)
 

@@ -663,7 +663,13 @@ _HTTP_LISTENER_SPEC = {
     "connect_timeout": (_timeout, LISTENER_TIMEOUTS["connect_timeout"]),
     "request_timeout": (_timeout, LISTENER_TIMEOUTS["request_timeout"]),
 }
-_HTTP_LISTENER = _object(_HTTP_LISTENER_SPEC)
+_http2_streams = _int_range(1, MAX_CONCURRENT_STREAMS)
+# HTTP/2 by prior knowledge on a plain listener (docs/http2.md): absent unless given, which
+# keeps Sozu 0.11's form of the order.
+_HTTP_LISTENER = _object({**_HTTP_LISTENER_SPEC, "h2c_prior_knowledge": (_bool, _ABSENT),
+                          "http2_max_concurrent_streams": (_http2_streams, _ABSENT)})
+
+
 def _alpn(v: Any) -> list[str]:
     if type(v) is not list or not v or len(set(map(repr, v))) != len(v) or not all(
             item in ALPN_PROTOCOLS for item in v):
@@ -676,7 +682,7 @@ _HTTPS_LISTENER = _object({
     "versions": (_tls_versions, list(TLS_VERSIONS)),
     "cipher_list": (_optional(_nonempty), None),
     "alpn": (_alpn, list(ALPN_PROTOCOLS)),
-    "http2_max_concurrent_streams": (_int_range(1, MAX_CONCURRENT_STREAMS), DEFAULT_MAX_CONCURRENT_STREAMS),
+    "http2_max_concurrent_streams": (_http2_streams, DEFAULT_MAX_CONCURRENT_STREAMS),
 })
 _TCP_LISTENER = _object({
     **_LISTENER_COMMON,

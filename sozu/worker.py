@@ -48,7 +48,7 @@ from sozu.http.buffers import BodyBuffers
 from sozu.http.context import SessionContext
 from sozu.http.deadlines import Deadlines
 from sozu.http.edge import serve as serve_session
-from sozu.http2.connection import serve as serve_h2
+from sozu.http2.connection import serve as serve_h2, serve_cleartext
 from sozu.lb import Balancer
 from sozu.messages import MessageError, Order
 from sozu.metrics import Metrics
@@ -71,7 +71,8 @@ class ListenerInfo:
 
     __slots__ = ("address", "protocol", "https", "scheme", "port", "by", "front_timeout",
                  "back_timeout", "connect_timeout", "request_timeout", "answers",
-                 "sticky_name", "expect_proxy", "http2_max_concurrent_streams")
+                 "sticky_name", "expect_proxy", "http2_max_concurrent_streams",
+                 "h2c_prior_knowledge")
 
     def __init__(self, address: str, protocol: str, config: dict):
         self.address = address
@@ -91,6 +92,7 @@ class ListenerInfo:
         self.expect_proxy = config.get("expect_proxy", False)
         self.http2_max_concurrent_streams = config.get("http2_max_concurrent_streams",
                                                        DEFAULT_MAX_CONCURRENT_STREAMS)
+        self.h2c_prior_knowledge = config.get("h2c_prior_knowledge", False)  # http only
 
 
 class Worker:
@@ -201,6 +203,12 @@ class Worker:
             return lambda sock, addr: tcp.serve(self, info, sock, addr)
         if info.protocol == "https":  # the PROXY header, if expected, comes before the handshake
             return lambda sock, addr: tls.serve(serve_http, self, info, sock, addr, serve_http2)
+        if info.h2c_prior_knowledge:  # HTTP/2 or HTTP/1.x, by the first bytes (after PROXY's)
+            def serve_plain(_worker, listener, sock, addr):
+                serve_cleartext(self.sessions, listener, sock, addr, serve_session)
+            if info.expect_proxy:
+                return lambda sock, addr: tcp.serve_after_proxy_header(serve_plain, self, info, sock, addr)
+            return lambda sock, addr: serve_plain(self, info, sock, addr)
         if info.expect_proxy:
             return lambda sock, addr: tcp.serve_after_proxy_header(serve_http, self, info, sock, addr)
         return lambda sock, addr: serve_session(self.sessions, info, sock, addr)

@@ -342,6 +342,21 @@ request_timeout = 14
         request_timeout=14),)
 
 
+def test_h2c_prior_knowledge_on_an_http_listener():
+    c = cfg('[[listeners]]\nprotocol = "http"\naddress = "127.0.0.1:9000"\n'
+            "h2c_prior_knowledge = true\nhttp2_max_concurrent_streams = 7\n", listeners=False)
+    (listener,) = c.listeners
+    assert (listener.h2c_prior_knowledge, listener.http2_max_concurrent_streams) == (True, 7)
+    order = c.to_orders()[0]
+    assert order.type == "ADD_HTTP_LISTENER"
+    assert (order.data["h2c_prior_knowledge"], order.data["http2_max_concurrent_streams"]) == (True, 7)
+    assert Order.from_json(order.to_json()) == order
+    # Off, the default: the order keeps Sozu 0.11's fields only.
+    off = cfg('[[listeners]]\nprotocol = "http"\naddress = "127.0.0.1:9000"\n', listeners=False)
+    assert not off.listeners[0].h2c_prior_knowledge
+    assert "h2c_prior_knowledge" not in off.to_orders()[0].data
+
+
 def test_tcp_listener_keys():
     c = cfg('[[listeners]]\nprotocol = "tcp"\naddress = "127.0.0.1:9000"\nexpect_proxy = true\n'
             "back_timeout = 5\n", listeners=False)
@@ -363,6 +378,11 @@ def test_tcp_listener_keys():
     ("https", 'cipher_list = ""', "cipher_list", "empty string"),
     ("http", 'alpn = ["h2"]', "alpn", "only for https listeners"),
     ("tcp", "http2_max_concurrent_streams = 5", "http2_max_concurrent_streams", "only for https listeners"),
+    ("http", "http2_max_concurrent_streams = 5", "http2_max_concurrent_streams",
+     "h2c_prior_knowledge = true beside it"),
+    ("https", "h2c_prior_knowledge = true", "h2c_prior_knowledge", "only for http listeners"),
+    ("tcp", "h2c_prior_knowledge = false", "h2c_prior_knowledge", "only for http listeners"),
+    ("http", 'h2c_prior_knowledge = "yes"', "h2c_prior_knowledge", "wrong type"),
     ("https", "alpn = []", "alpn", "invalid value"),
     ("https", 'alpn = ["h3"]', "alpn", "invalid value"),
     ("https", 'alpn = ["h2", "h2"]', "alpn", "invalid value"),

@@ -44,7 +44,7 @@ Usage:
             [--answer-502=FILE] [--answer-503=FILE] [--answer-504=FILE]
             [--expect-proxy] [--sticky-name=NAME]
             [--front-timeout=S] [--back-timeout=S] [--connect-timeout=S]
-            [--request-timeout=S]
+            [--request-timeout=S] [--h2c-prior-knowledge] [--http2-max-concurrent-streams=N]
   sozuctl [options] listener https add --address=IP:PORT [--public-address=IP:PORT]
             [--answer-400=FILE] [--answer-404=FILE] [--answer-408=FILE] [--answer-413=FILE]
             [--answer-502=FILE] [--answer-503=FILE] [--answer-504=FILE]
@@ -105,6 +105,7 @@ Options:
   --tls-versions=LIST       Comma-separated, among TLSv1.2 and TLSv1.3.
   --alpn=LIST               Comma-separated, among h2 and http/1.1, preferred first.
   --http2-max-concurrent-streams=N  Streams an HTTP/2 client may have open at once (100).
+  --h2c-prior-knowledge     Serve HTTP/2 without TLS to a client that opens with its preface.
 
 Exit status: 0 on OK, 1 on an ERROR answer or bad command line, 2 when the proxy cannot be
 reached or does not answer in time.
@@ -454,6 +455,8 @@ def _listener_add(a: dict) -> Command:
     data.update((k, v) for k, v in optional.items() if v is not None)
     if a["--expect-proxy"]:
         data["expect_proxy"] = True
+    if a["--h2c-prior-knowledge"]:
+        data["h2c_prior_knowledge"] = True
     return _proxy(f"ADD_{kind}_LISTENER", data)
 
 

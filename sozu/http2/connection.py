@@ -31,6 +31,13 @@ Draining (soft stop, upgrade): the connection sits in the worker's idle set, who
 `shutdown()` when the worker drains; for an HTTP/2 connection that is the graceful GOAWAY pair
 (sozu.http2.protocol), after which the streams in flight finish and the connection closes.
 Clients retry the streams it refused on a new connection, to the new generation.
+
+Cleartext (h2c) with prior knowledge, on plain HTTP listeners that enable it: `serve_cleartext`
+looks at the first bytes with MSG_PEEK (sozu.http2.preface tells the preface from HTTP/1.x), so
+that whichever side takes the connection reads it from its first byte, as after a TLS
+handshake. While the bytes there are a strict prefix of the preface, the socket stays readable
+with them unread: the wait for one byte more is on SO_RCVLOWAT, set one past them (the end of
+the stream wakes it too). request_timeout from the accept bounds it.
 """
 from __future__ import annotations
 
@@ -50,6 +57,7 @@ from h2.exceptions import H2Error
 from sozu.http.parser import ProtocolError
 from sozu.http.edge import serve as serve_exchange
 from sozu.http.sockio import StreamSocketCalls
+from sozu.http2.preface import PREFACE, is_preface
 from sozu.http2.protocol import (Body, ConnectionAbort, Http2Protocol, Request, Reset,
                                  ResponseTranslator, Truncated, WindowOpened)
 
@@ -393,3 +401,55 @@ def serve(ctx, listener, sock, client_address) -> None:
     finally:
         ctx.idle_sockets.discard(connection)
         connection.close()
+
+
+def serve_cleartext(ctx, listener, sock, client_address, serve_http) -> None:
+    """A plain HTTP listener with h2c_prior_knowledge: HTTP/2 for a client that opens with the
+    preface, serve_http (HTTP/1.x) for any other. Until one of them takes the connection, this
+    is where its errors are caught."""
+    client_ip = client_address[0] if client_address else "-"
+    try:
+        http2 = _opens_with_preface(sock, time.monotonic() + listener.request_timeout)
+    except socket.timeout:  # a beginning of the preface, and no more: maybe HTTP/2, so no 408
+        ctx.metrics.incr("h2c_preface_timeouts")
+        log.debug("%s: no request or HTTP/2 preface in time", client_ip)
+        try:  # read what it sent: closing with unread input would reset the connection
+            sock.settimeout(0)
+            sock.recv(len(PREFACE))
+        except OSError:
+            pass  # nothing there, or gone already: closing is all that is left
+        sock.close()
+        return
+    except OSError as error:
+        log.debug("%s: connection ended before its first request: %s", client_ip, error)
+        sock.close()
+        return
+    except Exception:  # the connection edge: never the worker
+        log.exception("%s: unexpected error while reading the first bytes", client_ip)
+        sock.close()
+        return
+    (serve if http2 else serve_http)(ctx, listener, sock, client_address)
+
+
+def _opens_with_preface(sock, deadline: float) -> bool:
+    """Whether the connection's first bytes are the HTTP/2 preface, none of them consumed."""
+    seen = 0
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise socket.timeout("no request or HTTP/2 preface in time")
+            sock.settimeout(remaining)
+            start = sock.recv(len(PREFACE), socket.MSG_PEEK)
+            verdict = is_preface(start)
+            if verdict is not None:
+                return verdict
+            if len(start) == seen:  # readable without a byte more: the client closed its side
+                return False
+            seen = len(start)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, seen + 1)
+            socket.wait_read(sock.fileno(), remaining,
+                             socket.timeout("no request or HTTP/2 preface in time"))
+    finally:
+        if seen:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)

@@ -238,15 +238,21 @@ def echo_json(data: bytes) -> dict:
     return json.loads(data)
 
 
-def test_nghttp_many_streams_on_one_connection(env):
-    """nghttp sends all its requests on one connection before any answer."""
-    urls = [f"https://127.0.0.1:{env['port']}/size/{1000 * i}" for i in range(1, 11)]
+def nghttp_ten_streams(base_url: str) -> str:
+    """nghttp's 10 requests to a.test on one connection, all sent before any answer: each
+    answered 200 with its whole body. Its verbose output (the frames) is returned."""
+    urls = [f"{base_url}/size/{1000 * i}" for i in range(1, 11)]
     done = subprocess.run(["nghttp", "-nv", "-H", ":authority: a.test", *urls],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count(":status: 200") == 10, done.stdout[-3000:]
     assert sum(1000 * i for i in range(1, 11)) == sum(
         int(size) for size in re.findall(r"recv DATA frame <length=(\d+)", done.stdout))
+    return done.stdout
+
+
+def test_nghttp_many_streams_on_one_connection(env):
+    nghttp_ten_streams(f"https://127.0.0.1:{env['port']}")
 
 
 def test_h2load_20_concurrent_streams_per_connection(env):
