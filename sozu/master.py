@@ -41,7 +41,7 @@ from sozu import listeners, seccomp, systemd
 from sozu.capacity import LoadBoard
 from sozu.channel import ChannelClosed, MasterChannel
 from sozu.health.checker import HealthChecker
-from sozu.metrics_server import MetricsServer
+from sozu.metrics_server import MetricsServer, listening_socket
 from sozu.provider.child import ProviderChild
 from sozu.prometheus import render as render_prometheus
 from sozu.statsd import StatsdSender
@@ -324,6 +324,10 @@ class Master:
             self.command_server.register(self.selector)
         signal_ready(self.ready_fd)
         self.ready_fd = None
+        if self.metrics_server is not None:
+            # After the old master is told: scrapes wait in the shared backlog meanwhile, and
+            # none reads the old generation's figures after the new one's.
+            self.metrics_server.serve()
         log.info("all workers serve: the previous generation may stop")
 
     def all_workers_serve(self) -> bool:
@@ -470,6 +474,8 @@ class Master:
         self.last_generation = False
         if self.command_server is not None:
             self.command_server.stop_accepting()
+        if self.metrics_server is not None:
+            self.metrics_server.stop_accepting()
         self.stop("soft")
 
     def upgrade_worker(self, worker_id: int, on_done) -> None:
@@ -559,13 +565,17 @@ class Master:
         if metrics.address is not None:
             self.statsd = StatsdSender(metrics.address, metrics.prefix, metrics.tagged_metrics,
                                        metrics.flush_interval, self.collect_metrics)
-        if address is None:
-            return
         try:
-            self.metrics_server = MetricsServer(address, self.selector, self.collect_metrics,
-                                                lambda figures: render_prometheus(*figures))
+            sock = listening_socket(address)  # the previous master's, after an upgrade
         except OSError as error:
             log.error("cannot serve Prometheus metrics on %s: %s", address, error.strerror or error)
+            return
+        if sock is None:
+            return
+        self.metrics_server = MetricsServer(address, sock, self.selector, self.collect_metrics,
+                                            lambda figures: render_prometheus(*figures))
+        if self.ready_fd is None:  # else from take_over: the old master answers until then
+            self.metrics_server.serve()
 
     def collect_metrics(self, on_done) -> None:
         """on_done((the workers' merged snapshot, the master's own figures))."""

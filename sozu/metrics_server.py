@@ -10,19 +10,26 @@ metrics`) and answers their merged figures in the Prometheus text format (sozu.p
 once they answered or the command timeout passed; anything else gets 404 or 405. Every answer
 closes the connection.
 
-The socket is bound with SO_REUSEPORT: during an upgrade the new master binds the same address
-while the old one still serves it.
+An upgrade hands the listening socket over, as it does the listeners' (sozu.upgrade): the new
+master inherits it (SOZU_METRICS_FD, `address=fd`) and accepts on it only once it serves (its
+workers run), and the old master stops accepting then. Connections never meet a closed port
+nor a half-started generation: the kernel queues them in the one backlog throughout. A request
+that reaches the old master after that (on a connection it accepted just before) is answered
+503 with Retry-After: its draining workers' partial figures would look like counter resets.
 """
 from __future__ import annotations
 
 import logging
+import os
 import selectors
 import socket
 import time
 
-from sozu.listeners import sockaddr
+from sozu.listeners import decode_fds, sockaddr
 
 log = logging.getLogger("sozu.metrics")
+
+ENV_METRICS_FD = "SOZU_METRICS_FD"
 
 MAX_HEAD = 8192
 CLIENT_TIMEOUT = 10.0  # s a metrics client has to send its request and read the answer
@@ -41,17 +48,42 @@ class _Connection:
 
 
 class MetricsServer:
-    def __init__(self, address: str, selector: selectors.BaseSelector, collect, render):
-        """collect(on_done) gathers the figures and calls on_done(figures); render(figures)
-        gives the text."""
+    def __init__(self, address: str, sock: socket.socket, selector: selectors.BaseSelector,
+                 collect, render):
+        """sock: listening_socket(address). collect(on_done) gathers the figures and calls
+        on_done(figures); render(figures) gives the text. Connections are accepted from
+        serve() on."""
         self.address = address
         self.selector = selector
         self.collect = collect
         self.render = render
         self.connections: dict[int, _Connection] = {}
-        self.sock = _bind(address)
-        selector.register(self.sock, selectors.EVENT_READ, self._accept)
-        log.info("Prometheus metrics on http://%s/metrics", address)
+        self.sock: socket.socket | None = sock
+        self.accepting = False
+        self.retired = False  # a newer master serves: its figures are the ones to read
+
+    def serve(self) -> None:
+        if self.sock is not None and not self.accepting:
+            self.selector.register(self.sock, selectors.EVENT_READ, self._accept)
+            self.accepting = True
+            log.info("Prometheus metrics on http://%s/metrics", self.address)
+
+    def stop_accepting(self) -> None:
+        """A newer master serves the endpoint (it holds the same socket): this one answers only
+        the connections it accepted already."""
+        self.retired = True
+        if self.sock is not None:
+            if self.accepting:
+                self.selector.unregister(self.sock)
+            self.sock.close()  # this process's descriptor only: the socket lives on in the next
+            self.sock, self.accepting = None, False
+
+    def handover(self) -> dict[str, str]:
+        """The environment that gives the socket to a new master (sozu.upgrade)."""
+        if self.sock is None:
+            return {}
+        self.sock.set_inheritable(True)
+        return {ENV_METRICS_FD: f"{self.address}={self.sock.fileno()}"}
 
     def close_in_child(self) -> None:
         """A forked worker's copies go, the master's stay. Closed without unregistering: the
@@ -59,7 +91,8 @@ class MetricsServer:
         in the master."""
         for connection in self.connections.values():
             connection.sock.close()
-        self.sock.close()
+        if self.sock is not None:
+            self.sock.close()
 
     def expire(self, now: float) -> None:
         for connection in list(self.connections.values()):
@@ -107,6 +140,9 @@ class MetricsServer:
             self._answer(connection, 404, b"not found: the metrics are at /metrics\n")
         elif method not in (b"GET", b"HEAD"):
             self._answer(connection, 405, b"only GET /metrics\n", b"Allow: GET, HEAD\r\n")
+        elif self.retired:  # its workers drain: partial figures would read as counter resets
+            self._answer(connection, 503, b"this generation is retiring: ask again\n",
+                         b"Retry-After: 0\r\nContent-Type: text/plain; charset=utf-8\r\n")
         else:
             connection.waiting = True
             head_only = method == b"HEAD"
@@ -123,7 +159,7 @@ class MetricsServer:
     def _answer(self, connection: _Connection, status: int, body: bytes, extra: bytes = b"",
                 head_only: bool = False) -> None:
         reason = {200: b"OK", 404: b"Not Found", 405: b"Method Not Allowed",
-                  431: b"Request Header Fields Too Large"}[status]
+                  431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}[status]
         if not extra:
             extra = b"Content-Type: text/plain; charset=utf-8\r\n"
         connection.outbox = (b"HTTP/1.1 %d %s\r\n" % (status, reason) + extra +
@@ -154,8 +190,27 @@ class MetricsServer:
         connection.sock.close()
 
 
+def listening_socket(address: str | None, environ=os.environ) -> socket.socket | None:
+    """The socket for `address`: the one a previous master handed over when it listened on the
+    same address, else a new one (None without an address). A handed-over socket for another
+    address (the file changed) is closed. The variable is removed, so that no worker or later
+    upgrade sees it."""
+    inherited = decode_fds(environ.pop(ENV_METRICS_FD, ""))
+    sock = None
+    for old_address, fd in inherited.items():
+        if old_address == address:
+            sock = socket.socket(fileno=fd)
+            sock.setblocking(False)
+        else:
+            os.close(fd)
+    if sock is None and address is not None:
+        sock = _bind(address)
+    return sock
+
+
 def _bind(address: str) -> socket.socket:
-    """Not inheritable (unlike the listeners): a new master binds its own, beside this one."""
+    """SO_REUSEPORT: a master upgraded from a version that handed no socket over binds beside
+    the old one, which still listens until it retires."""
     family, addr = sockaddr(address)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:

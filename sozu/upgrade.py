@@ -8,6 +8,7 @@ code is on disk now is what runs. The new master inherits, by file descriptor:
   SOZU_LISTENER_FDS      `address=fd;...`: every listening socket, never re-bound, so the kernel
                          keeps queueing connections in the same backlogs throughout;
   SOZU_COMMAND_FD        the command socket (the socket file stays where it is);
+  SOZU_METRICS_FD        `address=fd`: the Prometheus endpoint's socket (sozu.metrics_server);
   SOZU_UPGRADE_STATE_FD  a memfd holding the running state as saved-state orders, so every change
                          made at runtime survives (the TOML file is read only for the settings);
   SOZU_UPGRADE_READY_FD  a pipe on which the new master writes "ready" once all its workers serve;
@@ -31,6 +32,7 @@ import time
 
 from sozu.listeners import ENV_FDS, encode_fds
 from sozu.messages import dump_orders
+from sozu.metrics_server import ENV_METRICS_FD
 
 log = logging.getLogger("sozu.upgrade")
 
@@ -38,7 +40,8 @@ ENV_STATE_FD = "SOZU_UPGRADE_STATE_FD"
 ENV_READY_FD = "SOZU_UPGRADE_READY_FD"
 ENV_COMMAND_FD = "SOZU_COMMAND_FD"
 ENV_GENERATION = "SOZU_GENERATION"
-HANDOVER_VARIABLES = (ENV_FDS, ENV_STATE_FD, ENV_READY_FD, ENV_COMMAND_FD, ENV_GENERATION)
+HANDOVER_VARIABLES = (ENV_FDS, ENV_STATE_FD, ENV_READY_FD, ENV_COMMAND_FD, ENV_GENERATION,
+                      ENV_METRICS_FD)
 READY_DEADLINE = 30.0  # s: a new master that is not serving by then has failed
 PIPE_CLOSED_GRACE = 2.0  # s: how long to wait for its exit status once its ready pipe closed
 
@@ -76,6 +79,8 @@ class Upgrade:
             ENV_READY_FD: str(ready_w),
             ENV_GENERATION: str(master.generation + 1),
         })
+        if master.metrics_server is not None:
+            env.update(master.metrics_server.handover())
         for sock in master.sockets.values():
             sock.set_inheritable(True)
         command_sock.set_inheritable(True)

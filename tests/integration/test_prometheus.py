@@ -6,6 +6,8 @@ import http.client
 import os
 import signal
 import socket
+import threading
+import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -114,3 +116,82 @@ def test_the_endpoint_answers_only_get_metrics_and_silent_clients_cost_nothing(s
         silent.sendall(b"GET /metr")  # and never more
         assert value(samples(s.metrics_port), "sozu_workers", state="running") == 2
         assert request(s.port).status == 200
+
+
+PACE = 0.02  # s between two scrapes of the Scraper
+
+
+class Scraper(threading.Thread):
+    """Scrapes /metrics as Prometheus does, on a new connection each time, until stopped. A
+    scrape that fails is tried again at once, up to RETRIES times: `retried` counts those,
+    `failures` what still failed; `scrapes` holds every answer, in order."""
+    RETRIES = 2
+
+    def __init__(self, port: int):
+        super().__init__(daemon=True, name="scraper")
+        self.port = port
+        self.scrapes: list[dict] = []
+        self.failures: list[str] = []
+        self.retried = 0
+        self.running = threading.Event()
+        self.running.set()
+
+    def run(self) -> None:
+        while self.running.is_set():
+            for attempt in range(1 + self.RETRIES):
+                try:
+                    self.scrapes.append(samples(self.port))
+                    break
+                except (OSError, http.client.HTTPException, AssertionError) as error:
+                    if attempt == self.RETRIES:
+                        self.failures.append(f"{type(error).__name__}: {error}")
+                    else:
+                        self.retried += 1
+            time.sleep(PACE)  # pacing, as a scrape interval would: nothing waits on it
+
+    def stop(self) -> None:
+        self.running.clear()
+        self.join(30)
+
+
+def test_the_endpoint_answers_across_an_upgrade_from_the_new_generation(scraped):
+    """Scrapes never stop being answered while `sozuctl upgrade` replaces the master and its
+    workers under load; the listening socket is handed over, not bound again; once the new
+    master serves it answers (generation 1, never the old one again), and every counter only
+    grows within a generation; the new generation counts its own traffic."""
+    from tests.integration.load import Load, LoadClient, alive, listening_inode
+    s = scraped
+    inode = listening_inode(s.metrics_port)
+    old_master = next(w["pid"] for w in s.command({"id": "m", "version": 0, "type": "LIST_WORKERS"})
+                      ["data"]["workers"] if w["id"] == "master")
+    scraper = Scraper(s.metrics_port)
+    with Load(LoadClient(s.port)) as load:
+        scraper.start()
+        try:
+            wait_for(lambda: len(scraper.scrapes) >= 3, what="scrapes before the upgrade")
+            upgraded = s.ctl("--timeout=40000", "upgrade")
+            assert upgraded.returncode == 0, upgraded.stdout + upgraded.stderr
+            wait_for(lambda: not alive(old_master), 20, what="the old master to exit")
+            seen = len(scraper.scrapes)
+            wait_for(lambda: len(scraper.scrapes) >= seen + 3, what="scrapes after the upgrade")
+        finally:
+            scraper.stop()
+    assert load.failures == [], load.failures[:5]
+    assert scraper.failures == [], (scraper.failures[:5], scraper.retried)
+
+    generations = [value(found, "sozu_master_generation") for found in scraper.scrapes]
+    assert generations == sorted(generations) and generations[0] == 0 and generations[-1] == 1, generations
+    app = {"application": "app", "backend": s.backend_address, "status_class": "2xx"}
+    for generation in (0, 1):
+        served = [value(found, "sozu_http_requests_total", **app) or 0
+                  for found in scraper.scrapes if value(found, "sozu_master_generation") == generation]
+        assert served == sorted(served), (generation, served)
+    last = scraper.scrapes[-1]
+    assert value(last, "sozu_workers", state="running") == 2
+    assert listening_inode(s.metrics_port) == inode  # handed over, never bound again
+
+    before = value(samples(s.metrics_port), "sozu_http_requests_total", **app) or 0
+    for _ in range(5):
+        assert request(s.port).status == 200
+    wait_for(lambda: value(samples(s.metrics_port), "sozu_http_requests_total", **app) == before + 5,
+             what="the new generation counting its own requests")
