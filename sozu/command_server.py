@@ -322,6 +322,8 @@ class CommandServer:
             log.info("log filter set to %r", order.data)
             self.fan_out(client, request.id, [order], self._finish_state_change, request.worker_id)
         elif order.type == "METRICS":
+            if order.data in ("ENABLE", "DISABLE"):  # and workers forked later start so
+                master.metrics_enabled = order.data == "ENABLE"
             self.fan_out(client, request.id, [order], self._finish_metrics, request.worker_id)
         elif order.type == "QUERY":
             # The master's own answer is taken now: the workers answer after applying every

@@ -30,7 +30,7 @@ from sozu import address as addresses, log_filter
 from sozu.http import answers
 from sozu.messages import MessageError, Order, health_check, normalize_hostname
 from sozu.state import front_rule
-from sozu.vocabulary import (ALPN_PROTOCOLS, DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_STICKY_NAME,
+from sozu.vocabulary import (ALPN_PROTOCOLS, DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_POLICY, DEFAULT_STICKY_NAME,
                              LISTENER_TIMEOUTS, MAX_CONCURRENT_STREAMS, POLICY_BY_LOWER_NAME,
                              TLS_VERSIONS)
 from sozu.seccomp import ACTIONS as SECCOMP_ACTIONS
@@ -129,7 +129,7 @@ class ApplicationConfig:
     https_redirect: bool = False
     send_proxy: bool = False
     send_proxy_version: int = 2        # the PROXY protocol version sent: 2, or 1 for old backends
-    load_balancing_policy: str = "roundrobin"   # as spelled in the file
+    load_balancing_policy: str = DEFAULT_POLICY.lower()   # as spelled in the file
     frontends: tuple[FrontendConfig, ...] = ()
     backends: tuple[BackendConfig, ...] = ()
     answer_503: str | None = None

@@ -119,13 +119,6 @@ class Backend:
         self.checked_down = False  # the active health checks' verdict
         self.last_error: str | None = None  # of the last failed connect (passive health)
 
-    @classmethod
-    def from_order(cls, data: Mapping[str, Any]) -> Backend:
-        """From ADD_BACKEND data."""
-        backend = cls(data["backend_id"], data["address"])
-        backend.configure(data)
-        return backend
-
     def configure(self, data: Mapping[str, Any]) -> None:
         """Take the settings of ADD_BACKEND data; the counters are left alone."""
         params = data.get("load_balancing_parameters")
@@ -288,10 +281,6 @@ class BackendSet:
         backend.failures = 0
         backend.down_until = 0.0
         return was_down and not backend.retired
-
-    def all_down(self, now: float) -> bool:
-        """True when no backend with weight > 0 is up at `now` (also when there is none)."""
-        return not any(backend.weight > 0 and backend.is_up(now) for backend in self._members)
 
 
 class Balancer:

@@ -11,16 +11,17 @@ from __future__ import annotations
 import os
 import socket
 
+from sozu import address as addresses
+
 ENV_FDS = "SOZU_LISTENER_FDS"
 BACKLOG = 1024
 
 
 def sockaddr(address: str) -> tuple[int, tuple]:
-    """'127.0.0.1:80' -> (AF_INET, ('127.0.0.1', 80)); '[::1]:80' -> (AF_INET6, ('::1', 80))."""
-    host, _, port = address.rpartition(":")
-    if host.startswith("["):
-        return socket.AF_INET6, (host[1:-1], int(port))
-    return socket.AF_INET, (host, int(port))
+    """'127.0.0.1:80' -> (AF_INET, ('127.0.0.1', 80)); '[::1]:80' -> (AF_INET6, ('::1', 80)).
+    The address is in sozu.address's normal form (the config file and the orders give no other)."""
+    ip, port = addresses.split(address)
+    return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET), (str(ip), port)
 
 
 def connect(address: str, timeout: float, socket_class=socket.socket):

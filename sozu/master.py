@@ -111,6 +111,7 @@ class Master:
         self._health_ids = itertools.count()
         self.health_changes = 0
         self.worker_upgrades = 0
+        self.metrics_enabled = True  # METRICS ENABLE | DISABLE: workers forked later count so too
         self.metrics_server: MetricsServer | None = None
         self.statsd: StatsdSender | None = None
         # [provider.etcd]: a child the master keeps alive (sozu/provider/child.py)
@@ -233,7 +234,7 @@ class Master:
                 self._close_in_child()
                 from sozu import worker  # gevent is imported only here, after fork
                 worker.main(slot.id, self.config, self.state, self.sockets, child_end, self.sandbox_plan,
-                            self.load_board)
+                            self.load_board, self.metrics_enabled)
             finally:
                 log.exception("worker %d could not start", slot.id)
                 os._exit(WORKER_BOOT_FAILED)

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable
 from sozu import address as addresses, log_filter
 from sozu.vocabulary import (ALPN_PROTOCOLS, DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_POLICY,
                              DEFAULT_STICKY_NAME, LISTENER_TIMEOUTS, MAX_CONCURRENT_STREAMS, POLICIES,
-                             TLS_VERSIONS)
+                             INSECURE_TLS_SPELLINGS, TLS_VERSION_SPELLINGS, TLS_VERSIONS)
 
 from sozu.http import answers
 
@@ -298,23 +298,17 @@ def _cookie_value(v: Any) -> str:
     return v
 
 
-_TLS_TABLE = {"tlsv1.2": "TLSv1.2", "tlsv1_2": "TLSv1.2", "tls1.2": "TLSv1.2",
-              "tlsv1.3": "TLSv1.3", "tlsv1_3": "TLSv1.3", "tls1.3": "TLSv1.3"}
-_OLD_TLS = {"sslv2", "sslv3", "tlsv1", "tlsv1.0", "tlsv1_0", "tlsv1.1", "tlsv1_1", "tls1.0",
-            "tls1.1"}
-
-
 def _tls_versions(v: Any) -> list[str]:
     if type(v) is not list or not v:
         raise _bad('a non-empty list among "TLSv1.2", "TLSv1.3"', v)
     seen = set()
     for i, item in enumerate(v):
         key = item.lower() if type(item) is str else None
-        if key in _OLD_TLS:
+        if key in INSECURE_TLS_SPELLINGS:
             raise _Invalid(f"[{i}]", f"{item} is refused (insecure); use TLSv1.2 or TLSv1.3")
-        if key not in _TLS_TABLE:
+        if key not in TLS_VERSION_SPELLINGS:
             raise _Invalid(f"[{i}]", f'expected "TLSv1.2" or "TLSv1.3", got {_show(item)}')
-        seen.add(_TLS_TABLE[key])
+        seen.add(TLS_VERSION_SPELLINGS[key])
     return [version for version in TLS_VERSIONS if version in seen]
 
 
@@ -836,8 +830,6 @@ _REQUEST_DATA: dict[str, Checker] = {
     "PROVIDER_REPORT": _PROVIDER_REPORT,
 }
 _REQUEST_FIELDS = frozenset({"id", "version", "type", "data", "worker_id"})
-_ANSWER_FIELDS = frozenset({"id", "version", "status", "message", "data"})
-ANSWER_STATUSES = ("OK", "PROCESSING", "ERROR")
 _version = _int_range(0, None)
 
 
@@ -901,6 +893,11 @@ class Request:
         return obj
 
 
+def answer(request_id: str | int | float, status: str, message: str = "", data: Any = None) -> dict:
+    """An answer on the command socket: OK, PROCESSING (more to come) or ERROR."""
+    return {"id": request_id, "version": 0, "status": status, "message": message, "data": data}
+
+
 def answer_id(message: Any) -> str | int | float:
     """The id an ERROR answer to `message` (a request, maybe malformed) repeats: the request's
     own when it is a string or a finite number, which a client can match; else "" (JSON has
@@ -911,46 +908,6 @@ def answer_id(message: Any) -> str | int | float:
     if type(request_id) is float and math.isfinite(request_id):
         return request_id
     return ""
-
-
-@dataclass(frozen=True)
-class Answer:
-    id: str
-    status: str
-    message: str = ""
-    data: Any = None
-    version: int = 0
-
-    @classmethod
-    def ok(cls, id: str, data: Any = None, message: str = "") -> "Answer":
-        return cls(id, "OK", message, data)
-
-    @classmethod
-    def processing(cls, id: str, message: str = "") -> "Answer":
-        return cls(id, "PROCESSING", message)
-
-    @classmethod
-    def error(cls, id: str, message: str) -> "Answer":
-        return cls(id, "ERROR", message)
-
-    @classmethod
-    def from_json(cls, obj: Any) -> "Answer":
-        if type(obj) is not dict:
-            raise MessageError(f"answer: expected an object, got {_show(obj)}")
-        for key in obj:
-            if key not in _ANSWER_FIELDS:
-                raise MessageError(f"answer: {key}: unknown field")
-        return cls(
-            _field("answer", obj, "id", _str),
-            _field("answer", obj, "status", _enum(ANSWER_STATUSES)),
-            _field("answer", obj, "message", _str, ""),
-            obj.get("data"),  # any JSON: the client shows what the proxy sent
-            _field("answer", obj, "version", _version, 0),
-        )
-
-    def to_json(self) -> dict:
-        return {"id": self.id, "version": self.version, "status": self.status,
-                "message": self.message, "data": self.data}
 
 
 # --- framing ----------------------------------------------------------------------------------

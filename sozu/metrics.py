@@ -10,6 +10,9 @@ percentiles cost nothing per request and a worker's memory stays flat however lo
 the request time (from its first byte to the end of its answer) and the backend time (from the
 backend connection being ready to the head of its answer). The master sums workers' snapshots
 (`aggregate`).
+
+METRICS DISABLE stops the counting (each call below returns at once) until METRICS ENABLE; the
+counts so far are kept, and snapshots go on answering with them and with the gauges of now.
 """
 from __future__ import annotations
 
@@ -41,7 +44,8 @@ class _Times:
 
 
 class Metrics:
-    def __init__(self):
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
         self.clear()
 
     def clear(self) -> None:
@@ -52,10 +56,14 @@ class Metrics:
         self.retries: dict[str, int] = {}                     # application -> next backend tried
 
     def incr(self, name: str, value: int = 1) -> None:
+        if not self.enabled:
+            return
         self.counters[name] = self.counters.get(name, 0) + value
 
     def record(self, exchange) -> None:
         """One finished request: its status class, bytes and times."""
+        if not self.enabled:
+            return
         app_id = exchange.app_id
         key = (app_id, exchange.backend)
         row = self.rows.get(key)
@@ -79,6 +87,8 @@ class Metrics:
 
     def connect_error(self, app_id: str, address: str, retried: bool) -> None:
         """A backend connect failed; `retried` when another backend is tried next."""
+        if not self.enabled:
+            return
         self.counters["backend_connect_errors"] += 1
         key = (app_id, address)
         self.connect_errors[key] = self.connect_errors.get(key, 0) + 1

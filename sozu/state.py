@@ -605,11 +605,6 @@ class ConfigState:
             view["health_check"] = dict(self.health_checks[app_id])
         return view
 
-    def application_hash(self, app_id: str) -> str:
-        """Stable SHA-256 (hex) of an application's settings, fronts and backends."""
-        self._application(app_id)
-        return _hash(self._application_view(app_id, self._fronts_by_application()[app_id]))
-
     def hashes(self) -> dict[str, str]:
         grouped = self._fronts_by_application()
         return {app_id: _hash(self._application_view(app_id, grouped[app_id]))

@@ -46,10 +46,6 @@ READY_DEADLINE = 30.0  # s: a new master that is not serving by then has failed
 PIPE_CLOSED_GRACE = 2.0  # s: how long to wait for its exit status once its ready pipe closed
 
 
-class UpgradeError(Exception):
-    pass
-
-
 class Upgrade:
     """An upgrade in progress, as the old master sees it."""
 

@@ -13,6 +13,13 @@ POLICY_BY_LOWER_NAME = {policy.lower(): policy for policy in POLICIES}
 
 # The TLS versions an https listener may offer; older ones are refused as insecure.
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+# How orders may spell them (Sozu's and OpenSSL's spellings, any case), and the spellings of the
+# insecure ones, which are refused by name. The config file takes TLS_VERSIONS exactly.
+TLS_VERSION_SPELLINGS = {spelling: version for version in TLS_VERSIONS
+                         for spelling in (version.lower(), version.lower().replace(".", "_"),
+                                          version.lower().replace("v", ""))}
+INSECURE_TLS_SPELLINGS = frozenset({"sslv2", "sslv3", "tlsv1", "tlsv1.0", "tlsv1_0", "tlsv1.1",
+                                    "tlsv1_1", "tls1.0", "tls1.1"})
 
 # A listener's timeouts in seconds, when neither the listener nor the config file sets them.
 # request_timeout applies to http and https listeners only.

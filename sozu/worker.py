@@ -96,7 +96,8 @@ class ListenerInfo:
 
 
 class Worker:
-    def __init__(self, worker_id: int, config, state, sockets: dict, channel_sock, load_board=None):
+    def __init__(self, worker_id: int, config, state, sockets: dict, channel_sock, load_board=None,
+                 metrics_enabled: bool = True):
         self.worker_id = worker_id
         self.config = config
         self.state = state
@@ -112,7 +113,7 @@ class Worker:
         self.backend_pool = BackendPool()
         self.deadlines = Deadlines()
         self.tls = tls.TlsContexts()  # per https listener: SSL contexts, built on state changes
-        self.metrics = Metrics()
+        self.metrics = Metrics(metrics_enabled)
         self.backends = BackendConnector(self.balancer, self.metrics, self.event)
         # What HTTP sessions see of this worker (kept current by rebuild() and soft_stop()).
         self.sessions = SessionContext(
@@ -274,6 +275,8 @@ class Worker:
         elif order.type == "METRICS":
             if order.data == "CLEAR":
                 self.metrics.clear()
+            elif order.data is not None:  # ENABLE | DISABLE
+                self.metrics.enabled = order.data == "ENABLE"
             return self.metrics_snapshot()
         elif order.type == "STATUS":
             return {"active_connections": len(self.pool), "draining": self.draining}
@@ -455,7 +458,7 @@ def _gevent_socket(sock):
 
 
 def main(worker_id: int, config, state, sockets: dict, channel_sock, sandbox_plan=None,
-         load_board=None) -> None:
+         load_board=None, metrics_enabled: bool = True) -> None:
     """Entry point in the forked child. Never returns: the worker exits here."""
     code = EXIT_OK
     try:
@@ -464,7 +467,7 @@ def main(worker_id: int, config, state, sockets: dict, channel_sock, sandbox_pla
         # Everything is loaded and opened before the sandbox: afterwards the worker may not be
         # able to read the Python installation or the configuration directory.
         from sozu import sandbox
-        worker = Worker(worker_id, config, state, sockets, channel_sock, load_board)
+        worker = Worker(worker_id, config, state, sockets, channel_sock, load_board, metrics_enabled)
         if sandbox_plan is not None:
             try:
                 sandbox.apply(sandbox_plan)

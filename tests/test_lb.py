@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sozu.lb import POLICIES, Backend, Balancer, BackendSet, backoff, normalise_policy
+from sozu.lb import POLICIES, Balancer, BackendSet, backoff, normalise_policy
 
 NOW = 1000.0
 
@@ -42,12 +42,12 @@ def picks(backend_set, n, now=NOW, **kwargs):
 # --- Backend ----------------------------------------------------------------------------
 
 
-def test_backend_from_order_defaults():
-    b = Backend.from_order(backend("a", explicit_weight=False))
+def test_backend_defaults_from_add_backend_data():
+    b = by_id(make("RoundRobin", backend("a", explicit_weight=False)))["a"]
     assert (b.weight, b.sticky_id, b.backup) == (100, None, False)
     assert (b.active_connections, b.failures, b.down_until, b.retired) == (0, 0, 0.0, False)
     assert b.sticky_key == "a"
-    assert Backend.from_order(backend("a", sticky_id="s")).sticky_key == "s"
+    assert by_id(make("RoundRobin", backend("a", sticky_id="s")))["a"].sticky_key == "s"
     assert b.is_up(0.0) and "a" in repr(b)
 
 
@@ -171,7 +171,7 @@ def test_excluded_backends_are_skipped_then_none():
     assert sorted(order) == ["a", "b", "c"] and order[-1] == "c"
 
 
-def test_all_down_gives_the_earliest_to_wake_up():
+def test_every_backend_resting_gives_the_earliest_to_wake_up():
     s = make("RoundRobin", backend("a"), backend("b"), backend("c"))
     a, b, c = by_id(s).values()
     s.mark_failure(a, NOW)
@@ -179,14 +179,14 @@ def test_all_down_gives_the_earliest_to_wake_up():
     s.mark_failure(b, NOW + 0.5)  # b: rests until NOW + 1.5
     s.mark_failure(c, NOW + 0.9)  # c: rests until NOW + 1.9
     now = NOW + 1.2
-    assert s.all_down(now)
+    assert not any(backend.is_up(now) for backend in (a, b, c))
     assert s.pick(now) is b
     assert s.pick(now, exclude={b}) is c
     # After one pass where every backend has been excluded: None.
     assert s.pick(now, exclude={a, b, c}) is None
 
 
-def test_all_down_prefers_an_up_backup_to_a_resting_primary():
+def test_a_resting_primary_gives_way_to_an_up_backup_to_a_resting_primary():
     s = make("RoundRobin", backend("a"), backend("spare", backup=True))
     a, spare = by_id(s).values()
     s.mark_failure(a, NOW)
@@ -197,7 +197,7 @@ def test_all_down_prefers_an_up_backup_to_a_resting_primary():
 
 def test_no_backends():
     s = make("RoundRobin")
-    assert s.pick(NOW) is None and s.all_down(NOW) and len(s) == 0
+    assert s.pick(NOW) is None and len(s) == 0
 
 
 # --- passive health ---------------------------------------------------------------------
@@ -236,15 +236,6 @@ def test_backoff_caps_at_thirty_seconds():
         rests.append(a.down_until - now)
         now = a.down_until
     assert rests == [1, 2, 4, 8, 16, 30, 30, 30]
-
-
-def test_all_down():
-    s = make("RoundRobin", backend("a"), backend("zero", 0))
-    a = by_id(s)["a"]
-    assert not s.all_down(NOW)
-    s.mark_failure(a, NOW)
-    assert s.all_down(NOW)  # the weight-0 backend does not count
-    assert not s.all_down(NOW + 1.0)
 
 
 # --- sticky sessions --------------------------------------------------------------------

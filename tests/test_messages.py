@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sozu.messages import (COMMAND_ORDERS, STATE_ORDERS, Answer, Decoder, FrameTooLarge,
-                           MessageError, Order, Request, answer_id, dump_orders, encode,
+from sozu.messages import (COMMAND_ORDERS, STATE_ORDERS, Decoder, FrameTooLarge,
+                           MessageError, Order, Request, answer, answer_id, dump_orders, encode,
                            load_orders)
 
 
@@ -424,27 +424,11 @@ def test_an_error_answer_repeats_only_an_id_it_can_encode(message, expected):
     encode({"id": answer_id(message)})  # never raises
 
 
-def test_answers():
-    assert Answer.ok("1").to_json() == {"id": "1", "version": 0, "status": "OK", "message": "",
-                                        "data": None}
-    assert Answer.ok("1", {"a": 1}, "done") == Answer("1", "OK", "done", {"a": 1})
-    assert Answer.error("2", "bad").to_json()["status"] == "ERROR"
-    assert Answer.processing("3").status == "PROCESSING"
-    for answer in (Answer.ok("1", {"a": [1]}), Answer.error("2", "no"), Answer("3", "PROCESSING")):
-        assert Answer.from_json(answer.to_json()) == answer
-    assert Answer.from_json({"id": "1", "status": "OK"}) == Answer("1", "OK")
-
-
-@pytest.mark.parametrize("obj,expected", [
-    ({"id": "1", "status": "DONE"}, 'answer: status: expected one of "OK", "PROCESSING"'),
-    ({"status": "OK"}, "answer: id: missing required field"),
-    ({"id": "1", "status": "OK", "message": None}, "answer: message: expected a string"),
-    ({"id": "1", "status": "OK", "x": 1}, "answer: x: unknown field"),
-])
-def test_answer_errors(obj, expected):
-    with pytest.raises(MessageError) as info:
-        Answer.from_json(obj)
-    assert str(info.value).startswith(expected)
+def test_answers_have_the_protocol_shape():
+    assert answer("1", "OK") == {"id": "1", "version": 0, "status": "OK", "message": "", "data": None}
+    assert answer(7, "ERROR", "bad", {"a": 1}) == {"id": 7, "version": 0, "status": "ERROR",
+                                                    "message": "bad", "data": {"a": 1}}
+    assert encode(answer("3", "PROCESSING", "more")).endswith(b"\0")
 
 
 # --- framing ----------------------------------------------------------------------------------

@@ -79,3 +79,18 @@ def test_snapshots_aggregate_key_by_key():
     assert sum(total["applications"]["web"]["request_time_buckets"]) == 2
     assert total["applications"]["api"]["backends"]["127.0.0.1:2"]["status_5xx"] == 1
     assert total["p50_ms"] == 5.0 and "request_time_buckets" not in total
+
+
+def test_disabled_metrics_count_nothing_and_keep_what_they_had():
+    metrics = Metrics()
+    metrics.record(Exchange(200))
+    metrics.enabled = False
+    metrics.record(Exchange(500))
+    metrics.incr("refused_connections")
+    metrics.connect_error("app", "127.0.0.1:1", retried=False)
+    snapshot = metrics.snapshot({"active_connections": 2})
+    assert (snapshot["requests"], snapshot["status_5xx"], snapshot["backend_connect_errors"]) == (1, 0, 0)
+    assert "refused_connections" not in snapshot and snapshot["active_connections"] == 2
+    metrics.enabled = True
+    metrics.record(Exchange(500))
+    assert metrics.snapshot()["status_5xx"] == 1

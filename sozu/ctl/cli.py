@@ -128,7 +128,7 @@ from sozu.ctl import render
 from sozu.ctl.client import Client, ProxyUnreachable, new_request_id
 from sozu.http.answers import CUSTOM_STATUSES
 from sozu.messages import MessageError, Request
-from sozu.vocabulary import POLICY_BY_LOWER_NAME
+from sozu.vocabulary import DEFAULT_POLICY, POLICY_BY_LOWER_NAME
 
 PROG = "sozuctl"
 EXIT_OK, EXIT_ERROR, EXIT_UNREACHABLE = 0, 1, 2
@@ -305,7 +305,7 @@ def _state_dump(a: dict) -> Command:
 
 
 def _application_add(a: dict) -> Command:
-    policy = (a["--load-balancing-policy"] or "roundrobin").lower()
+    policy = (a["--load-balancing-policy"] or DEFAULT_POLICY).lower()
     if policy not in POLICY_BY_LOWER_NAME:
         raise CliError(f"--load-balancing-policy must be one of {', '.join(POLICY_BY_LOWER_NAME)}, "
                        f"not {a['--load-balancing-policy']!r}")

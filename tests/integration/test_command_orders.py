@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import signal
 import socket
 import ssl
 import threading
@@ -437,3 +439,25 @@ def test_an_answer_larger_than_the_outbox_limit_is_sent_whole(proxy):
     finally:
         for app_id in apps:
             proxy.order("REMOVE_APPLICATION", app_id)
+
+
+def test_metrics_disable_stops_the_counting_and_enable_resumes_it(tmp_path, backends):
+    """Also in a worker forked after the DISABLE: the master remembers it for its replacements."""
+    with running_proxy(tmp_path, backends[0].port, worker_count=1) as s:
+        def requests() -> int:
+            return ok(s.order("METRICS"))["data"]["total"].get("requests", 0)
+
+        assert get(s.port, "localhost")[0] == 200
+        wait_for(lambda: requests() == 1, 5, what="the first request to be counted")
+        assert ok(s.order("METRICS", "DISABLE"))["data"]["total"]["requests"] == 1
+        assert [get(s.port, "localhost")[0] for _ in range(3)] == [200] * 3
+        assert requests() == 1
+        old = s.workers()[0]["pid"]
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: [w["pid"] for w in s.workers() if w["state"] == "running"] not in ([], [old]),
+                 10, what="the replacement worker")
+        assert get(s.port, "localhost")[0] == 200
+        assert requests() == 0, "the replacement counts nothing while metrics are disabled"
+        assert ok(s.order("METRICS", "ENABLE"))["status"] == "OK"
+        assert get(s.port, "localhost")[0] == 200
+        wait_for(lambda: requests() == 1, 5, what="the request after ENABLE to be counted")
