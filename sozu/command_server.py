@@ -31,7 +31,7 @@ import time
 
 from sozu import logs, tls
 from sozu.messages import (STATE_ORDERS, TEST_ORDERS, Decoder, FrameTooLarge, MessageError, Order,
-                           Request, answer_id, dump_orders, encode, load_orders)
+                           Request, answer, answer_id, dump_orders, encode, load_orders)
 from sozu.metrics import aggregate
 from sozu.upgrade import ENV_COMMAND_FD
 from sozu.state import ConfigState, StateError, backend_health
@@ -86,10 +86,6 @@ class _Callback:
 
     def send(self, answer: dict) -> None:
         self.on_done(answer.get("data") or {})
-
-
-def _answer(request_id, status: str, message: str = "", data=None) -> dict:
-    return {"id": request_id, "version": 0, "status": status, "message": message, "data": data}
 
 
 class Task:
@@ -254,10 +250,10 @@ class CommandServer:
             request_id = request.id
             self.execute(client, request)
         except (MessageError, StateError, OSError) as error:
-            client.send(_answer(request_id, "ERROR", str(error)))
+            client.send(answer(request_id, "ERROR", str(error)))
         except Exception as error:
             log.exception("command failed")
-            client.send(_answer(request_id, "ERROR", f"internal error: {error}"))
+            client.send(answer(request_id, "ERROR", f"internal error: {error}"))
 
     def execute(self, client: Client, request: Request) -> None:
         kind = request.type
@@ -265,22 +261,22 @@ class CommandServer:
         if kind == "PROXY":
             self.proxy(client, request, request.data)
         elif kind == "DUMP_STATE":
-            client.send(_answer(request.id, "OK", "", master.state.to_json()))
+            client.send(answer(request.id, "OK", "", master.state.to_json()))
         elif kind == "SAVE_STATE":
             count = self.save_state(request.data["path"])
-            client.send(_answer(request.id, "OK", f"saved {count} orders to {request.data['path']}"))
+            client.send(answer(request.id, "OK", f"saved {count} orders to {request.data['path']}"))
         elif kind == "LOAD_STATE":
             self.load_state(client, request)
         elif kind == "LIST_WORKERS":
-            client.send(_answer(request.id, "OK", "", {"workers": self.list_workers(),
+            client.send(answer(request.id, "OK", "", {"workers": self.list_workers(),
                                                         "backends": backend_health(master.state),
                                                         "providers": list(self.provider_reports.values())}))
         elif kind == "PROVIDER_REPORT":
             self.provider_reports[request.data["provider"]] = request.data
-            client.send(_answer(request.id, "OK", f"{len(request.data['refused'])} refused keys noted"))
+            client.send(answer(request.id, "OK", f"{len(request.data['refused'])} refused keys noted"))
         elif kind == "SUBSCRIBE_EVENTS":
             client.subscribed = request.id
-            client.send(_answer(request.id, "PROCESSING", "subscribed to events"))
+            client.send(answer(request.id, "PROCESSING", "subscribed to events"))
         elif kind in ("UPGRADE_MASTER", "UPGRADE_WORKER"):
             self.upgrade(client, request)
         else:
@@ -309,11 +305,11 @@ class CommandServer:
         elif order.type in ("SOFT_STOP", "HARD_STOP"):
             how = "soft" if order.type == "SOFT_STOP" else "hard"
             if request.worker_id is None:
-                client.send(_answer(request.id, "OK", f"{how} stop of the proxy started"))
+                client.send(answer(request.id, "OK", f"{how} stop of the proxy started"))
                 master.stop(how)
             else:
                 master.stop_worker(request.worker_id, how)
-                client.send(_answer(request.id, "OK", f"{how} stop of worker {request.worker_id} started"))
+                client.send(answer(request.id, "OK", f"{how} stop of worker {request.worker_id} started"))
         elif order.type == "LOGGING":
             try:
                 logs.apply_filter(order.data)
@@ -439,8 +435,8 @@ class CommandServer:
     def _finish_state_change(self, task: Task, missing) -> dict:
         errors = self._errors(task, missing)
         if errors:
-            return _answer(task.request_id, "ERROR", "; ".join(errors))
-        return _answer(task.request_id, "OK", f"{task.kind} applied by {len(task.answers)} workers")
+            return answer(task.request_id, "ERROR", "; ".join(errors))
+        return answer(task.request_id, "OK", f"{task.kind} applied by {len(task.answers)} workers")
 
     def collect_metrics(self, on_done) -> None:
         """The workers' metrics, merged as `sozuctl metrics` shows them, for on_done(data) once
@@ -452,18 +448,18 @@ class CommandServer:
         workers = {str(wid): a.get("data") or {} for wid, a in task.answers.items() if a.get("status") == "OK"}
         data = {"workers": workers, "total": aggregate(workers)}
         errors = self._errors(task, missing)
-        return _answer(task.request_id, "ERROR" if errors else "OK", "; ".join(errors), data)
+        return answer(task.request_id, "ERROR" if errors else "OK", "; ".join(errors), data)
 
     def _finish_query(self, task: Task, missing, mine) -> dict:
         workers = {str(wid): a.get("data") for wid, a in task.answers.items() if a.get("status") == "OK"}
         data = {"workers": workers, "master": mine}
         errors = self._errors(task, missing)
-        return _answer(task.request_id, "ERROR" if errors else "OK", "; ".join(errors), data)
+        return answer(task.request_id, "ERROR" if errors else "OK", "; ".join(errors), data)
 
     def _finish_status(self, task: Task, missing) -> dict:
         data = {"workers": self.list_workers()}
         errors = self._errors(task, missing)
-        return _answer(task.request_id, "ERROR" if errors else "OK", "; ".join(errors), data)
+        return answer(task.request_id, "ERROR" if errors else "OK", "; ".join(errors), data)
 
     def list_workers(self) -> list[dict]:
         master = self.master
@@ -528,7 +524,7 @@ class CommandServer:
             raise MessageError(f"{path}: {error}") from None
         orders = self.master.state.diff(target)
         if not orders:
-            client.send(_answer(request.id, "OK", f"the state is already the one in {path}"))
+            client.send(answer(request.id, "OK", f"the state is already the one in {path}"))
             return
         applied, failure = [], None
         for order in orders:
@@ -548,8 +544,8 @@ class CommandServer:
             if failure is not None:
                 errors.insert(0, f"{path}: {failure}; the {len(applied)} orders before it were applied")
             if errors:
-                return _answer(task.request_id, "ERROR", "; ".join(errors))
-            return _answer(task.request_id, "OK", f"loaded {path}: {len(applied)} orders (the "
+                return answer(task.request_id, "ERROR", "; ".join(errors))
+            return answer(task.request_id, "OK", f"loaded {path}: {len(applied)} orders (the "
                                                   f"difference) applied by {len(task.answers)} workers")
 
         self.fan_out(client, request.id, applied, finish)
@@ -562,25 +558,25 @@ class CommandServer:
         event = dict(data, worker_id=worker_id)
         for client in self.clients.values():
             if client.subscribed is not None:
-                client.send(_answer(client.subscribed, "PROCESSING", data.get("kind", ""), event))
+                client.send(answer(client.subscribed, "PROCESSING", data.get("kind", ""), event))
 
     # -- upgrades ----------------------------------------------------------------------------
     def upgrade(self, client: Client, request: Request) -> None:
         def done(error, pid):
             if error:
-                client.send(_answer(request.id, "ERROR", f"upgrade failed: {error}"))
+                client.send(answer(request.id, "ERROR", f"upgrade failed: {error}"))
             elif request.type == "UPGRADE_MASTER":
-                client.send(_answer(request.id, "OK", f"upgraded: master {pid} serves, the previous generation drains",
+                client.send(answer(request.id, "OK", f"upgraded: master {pid} serves, the previous generation drains",
                                     {"pid": pid}))
             else:
-                client.send(_answer(request.id, "OK", f"worker {request.data} upgraded"))
+                client.send(answer(request.id, "OK", f"worker {request.data} upgraded"))
 
         if request.type == "UPGRADE_MASTER":
             self.master.start_upgrade(done)
-            client.send(_answer(request.id, "PROCESSING", "starting a new master"))
+            client.send(answer(request.id, "PROCESSING", "starting a new master"))
         else:
             self.master.upgrade_worker(request.data, lambda error: done(error, None))
-            client.send(_answer(request.id, "PROCESSING", f"starting a new worker {request.data}"))
+            client.send(answer(request.id, "PROCESSING", f"starting a new worker {request.data}"))
 
     def start_upgrade(self, client) -> None:
         """SIGUSR2: an upgrade nobody waits on; the log says how it went."""
