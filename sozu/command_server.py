@@ -31,7 +31,7 @@ import time
 
 from sozu import logs, tls
 from sozu.messages import (STATE_ORDERS, TEST_ORDERS, Decoder, FrameTooLarge, MessageError, Order,
-                           Request, answer, answer_id, dump_orders, encode, load_orders)
+                           Request, answer, answer_id, encode, load_orders)
 from sozu.metrics import aggregate
 from sozu.upgrade import ENV_COMMAND_FD
 from sozu.state import ConfigState, StateError, backend_health
@@ -86,6 +86,16 @@ class _Callback:
 
     def send(self, answer: dict) -> None:
         self.on_done(answer.get("data") or {})
+
+
+class _AfterAutosave:
+    """A client whose answers wait for the automatic save of the change they answer."""
+
+    def __init__(self, client, saver):
+        self.client, self.saver = client, saver
+
+    def send(self, answer: dict) -> None:
+        self.saver.when_saved(lambda: self.client.send(answer))
 
 
 class Task:
@@ -263,8 +273,7 @@ class CommandServer:
         elif kind == "DUMP_STATE":
             client.send(answer(request.id, "OK", "", master.state.to_json()))
         elif kind == "SAVE_STATE":
-            count = self.save_state(request.data["path"])
-            client.send(answer(request.id, "OK", f"saved {count} orders to {request.data['path']}"))
+            self.save_state(client, request)
         elif kind == "LOAD_STATE":
             self.load_state(client, request)
         elif kind == "LIST_WORKERS":
@@ -300,8 +309,8 @@ class CommandServer:
                 self.apply_state_order(order)
             finally:
                 master.close_retired_sockets()
-            self.fan_out(client, request.id, [order], self._finish_state_change, request.worker_id)
-            self.autosave()
+            self.fan_out(self.autosave(client), request.id, [order], self._finish_state_change,
+                         request.worker_id)
         elif order.type in ("SOFT_STOP", "HARD_STOP"):
             how = "soft" if order.type == "SOFT_STOP" else "hard"
             if request.worker_id is None:
@@ -357,15 +366,13 @@ class CommandServer:
         if order.type == "REMOVE_LISTENER":
             self.master.close_listener_socket(order.data["front"])
 
-    def autosave(self) -> None:
-        """automatic_state_save: the saved state follows every change. Saving comes after the
-        fan-out, and a failure is only logged: the change is made, in the master and in the
-        workers, and a state file that could not be written must not split them."""
-        if self.config.automatic_state_save and self.config.saved_state:
-            try:
-                self.save_state(self.config.saved_state)
-            except MessageError as error:
-                log.error("automatic state save failed: %s", error)
+    def autosave(self, client: Client) -> "_AfterAutosave":
+        """automatic_state_save: the saved state follows every change (sozu.state_saver), and
+        the client's answer waits until the file holds it. A failure is only logged: the change
+        is made, in the master and in the workers, and a file that could not be written must not
+        split them."""
+        self.master.saver.changed(self.master.state)
+        return _AfterAutosave(client, self.master.saver)
 
     def fan_out(self, client: Client, request_id: str, orders: list[Order], finish, worker_id=None) -> None:
         workers = [w for w in self.master.workers.values() if w.state != "stopping"
@@ -477,33 +484,16 @@ class CommandServer:
         return rows
 
     # -- state files -------------------------------------------------------------------------
-    def save_state(self, path: str) -> int:
-        """Atomically: a temporary file beside it, written and fsynced, renamed over it, and
-        the directory fsynced, so that a reader (or a crash) sees the old file or the new one."""
-        orders = self.master.state.to_orders()
-        data = dump_orders(orders)
-        tmp = f"{path}.tmp.{os.getpid()}"
-        try:
-            with open(tmp, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(tmp, path)
-        except OSError as error:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                log.debug("no temporary state file %s to remove", tmp)
-            raise MessageError(f"cannot save the state to {path}: {error.strerror or error}") from None
-        try:
-            directory = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
-        except OSError as error:  # some file systems cannot fsync a directory
-            log.debug("could not fsync the directory of %s: %s", path, error)
-        return len(orders)
+    def save_state(self, client: Client, request: Request) -> None:
+        """SAVE_STATE: written by a child (sozu.state_saver), answered once it is done."""
+        path = request.data["path"]
+
+        def done(error, orders):
+            if error is None:
+                client.send(answer(request.id, "OK", f"saved {orders} orders to {path}"))
+            else:
+                client.send(answer(request.id, "ERROR", error))
+        self.master.saver.save(self.master.state, path, done)
 
     def load_state(self, client: Client, request: Request) -> None:
         """Apply the difference between the running state and the file's, as one fan-out. An
@@ -548,8 +538,7 @@ class CommandServer:
             return answer(task.request_id, "OK", f"loaded {path}: {len(applied)} orders (the "
                                                   f"difference) applied by {len(task.answers)} workers")
 
-        self.fan_out(client, request.id, applied, finish)
-        self.autosave()
+        self.fan_out(self.autosave(client), request.id, applied, finish)
 
     # -- events ------------------------------------------------------------------------------
     def publish_event(self, worker_id: int, data) -> None:

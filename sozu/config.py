@@ -289,16 +289,53 @@ def _listener_data(listener: ListenerConfig) -> dict:
 # --- entry points ----------------------------------------------------------------------------
 
 def load(path: str) -> Config:
+    return parse(_read(path), path)
+
+
+def command_socket(path: str) -> str:
+    """The command socket's absolute path, and nothing else of the file: all sozuctl needs to
+    reach the proxy. The rest is not read, so a certificate gone bad or a typo elsewhere in the
+    file does not stop an operator from looking (docs/architecture.md, "sozuctl")."""
+    data = _toml(_read(path), path)
+    if "command_socket" not in data:
+        close = difflib.get_close_matches("command_socket", [str(key) for key in data], n=1)
+        raise ConfigError(path, "command_socket", "missing required key" +
+                          (f" (the file has {close[0]})" if close else ""))
+    top = _Table(_Context(path, os.path.dirname(os.path.abspath(path))),
+                 {"command_socket": data["command_socket"]}, "", _CommandSocketOnly)
+    return _command_socket(top, data)
+
+
+@dataclass(frozen=True)
+class _CommandSocketOnly:
+    command_socket: str
+
+
+def _read(path: str) -> str:
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as e:
         raise ConfigError(path, None, f"cannot read the configuration file: {e.strerror}") from None
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(path, None, f"not UTF-8 text (byte {e.start})") from None
-    return parse(text, path)
+
+
+def _toml(text: str, path: str) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, None, "invalid TOML: " + " ".join(str(e).split())) from None
+
+
+def _command_socket(top: "_Table", data: dict) -> str:
+    path = top.path("command_socket")
+    if len(os.fsencode(path)) > UNIX_PATH_MAX:
+        raise top.error("command_socket", f"too long for a unix socket: {path}",
+                        data["command_socket"], f"at most {UNIX_PATH_MAX} bytes once absolute")
+    return path
 
 
 def check(path: str) -> str:
@@ -321,15 +358,9 @@ _TOP_INTEGERS = {
 
 def parse(text: str, path: str) -> Config:
     """`path` names the file in messages and anchors relative paths."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(path, None, "invalid TOML: " + " ".join(str(e).split())) from None
+    data = _toml(text, path)
     top = _Table(_Context(path, os.path.dirname(os.path.abspath(path))), data, "", Config, ("path", "explicit"))
-    settings = {"path": os.path.abspath(path), "command_socket": top.path("command_socket")}
-    if len(os.fsencode(settings["command_socket"])) > UNIX_PATH_MAX:
-        raise top.error("command_socket", f"too long for a unix socket: {settings['command_socket']}",
-                        data["command_socket"], f"at most {UNIX_PATH_MAX} bytes once absolute")
+    settings = {"path": os.path.abspath(path), "command_socket": _command_socket(top, data)}
     settings["saved_state"] = top.path("saved_state", None)
     settings["automatic_state_save"] = top.boolean("automatic_state_save")
     if settings["automatic_state_save"] and settings["saved_state"] is None:

@@ -44,6 +44,7 @@ from sozu.health.checker import HealthChecker
 from sozu.metrics_server import MetricsServer, listening_socket
 from sozu.provider.child import ProviderChild
 from sozu.prometheus import render as render_prometheus
+from sozu.state_saver import StateSaver
 from sozu.statsd import StatsdSender
 from sozu.messages import MessageError
 from sozu.state import StateError, answer_query
@@ -111,6 +112,7 @@ class Master:
         self._health_ids = itertools.count()
         self.health_changes = 0
         self.worker_upgrades = 0
+        self.saver = StateSaver(config.saved_state if config.automatic_state_save else None)
         self.metrics_enabled = True  # METRICS ENABLE | DISABLE: workers forked later count so too
         self.metrics_server: MetricsServer | None = None
         self.statsd: StatsdSender | None = None
@@ -258,6 +260,7 @@ class Master:
         if self.command_server is not None:
             self.command_server.close_in_child()
         self.health.close_in_child()
+        self.saver.close_in_child()
         if self.metrics_server is not None:
             self.metrics_server.close_in_child()
         if self.statsd is not None:
@@ -365,6 +368,8 @@ class Master:
             if worker is None:
                 if self.provider is not None and self.provider.exited(pid, status):
                     continue
+                if self.saver.child_exited(pid, _describe_exit(status)):
+                    continue
                 if self.upgrade is not None:
                     self.upgrade.child_exited(pid, _describe_exit(status))
                 continue
@@ -456,6 +461,8 @@ class Master:
             raise MessageError("the proxy is stopping")
         if self.ready_fd is not None or not self.last_generation:
             raise MessageError("this master is not the one serving: it is itself part of an upgrade")
+        if self.saver.busy:  # its file must not land over one the new master writes later
+            raise MessageError("a state file is being written: upgrade again once it is")
 
         def done(error, pid):
             self.upgrade = None
@@ -621,8 +628,8 @@ class Master:
         self.sockets.clear()
 
     def finish_stop(self) -> bool:
-        if not self.workers:
-            return True
+        if not self.workers:  # and a state file being written is waited for, within the deadline
+            return not self.saver.busy or time.monotonic() > self.stop_deadline
         if time.monotonic() > self.stop_deadline:
             for worker in self.workers.values():
                 log.warning("worker %d (pid %d) did not stop in time: killing it", worker.id, worker.pid)

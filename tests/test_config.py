@@ -1026,3 +1026,21 @@ def test_health_check_section():
     assert fails(app + "falls = 2\n", listeners=False).key == "applications.a.health_check.falls"
     assert fails(app.replace("0.2", "0.9"), listeners=False).key == "applications.a.health_check.timeout"
     assert fails('[applications.a]\nhealth_check = 1\n', listeners=False).key == "applications.a.health_check"
+
+
+def test_the_command_socket_alone_is_read_for_sozuctl(tmp_path):
+    path = tmp_path / "sozu.toml"
+    path.write_text('command_socket = "run/sozu.sock"\nworker_cont = 2\n'
+                    '[applications.a]\nfrontends = [ { address = "127.0.0.1:1", certificate = "gone.pem" } ]\n')
+    assert config.command_socket(str(path)) == str(tmp_path / "run" / "sozu.sock")
+    with pytest.raises(config.ConfigError, match="worker_cont"):
+        config.load(str(path))
+    path.write_text('command_sockett = "x.sock"\n')
+    with pytest.raises(config.ConfigError, match=r"command_socket: missing required key \(the file has command_sockett\)"):
+        config.command_socket(str(path))
+    path.write_text('command_socket = 3\n')
+    with pytest.raises(config.ConfigError, match="command_socket: wrong type"):
+        config.command_socket(str(path))
+    path.write_text('command_socket = "x.sock\n')
+    with pytest.raises(config.ConfigError, match="invalid TOML"):
+        config.command_socket(str(path))

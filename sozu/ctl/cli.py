@@ -249,7 +249,7 @@ def _validated(ask: Ask) -> Request:
 
 def command_socket(config_path: str) -> str:
     try:
-        return sozu.config.load(config_path).command_socket
+        return sozu.config.command_socket(config_path)
     except sozu.config.ConfigError as e:
         raise CliError(str(e)) from None
 

@@ -298,3 +298,40 @@ def test_shutdown_one_worker_then_the_proxy(proxy):  # last: the module's proxy 
     assert proxy.wait_exit(10) == 0
     out = ctl(proxy, "status", code=2)
     assert proxy.socket_path in out.stderr
+
+
+def test_read_only_commands_need_only_the_command_socket_from_the_file(tmp_path, backends):
+    """The proxy's own file, gone bad since it started: a certificate file that is garbage, one
+    that is missing, a typo. `config check` says so; looking at the running proxy still works."""
+    (tmp_path / "proxy").mkdir()
+    with running_proxy(tmp_path / "proxy", backends[0].port) as proxy:
+        check_with_a_broken_file(proxy, tmp_path)
+
+
+def check_with_a_broken_file(proxy, tmp_path) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    https_port = free_port()
+    text = proxy.config_path.read_text().replace("worker_count =", "worker_cont = 3\nworker_count =", 1)
+    text += f"""
+[[listeners]]
+protocol = "https"
+address = "127.0.0.1:{https_port}"
+
+[applications.broken]
+protocol = "http"
+frontends = [
+  {{ address = "127.0.0.1:{https_port}", hostname = "a.test", certificate = "{garbage}", key = "{garbage}" }},
+  {{ address = "127.0.0.1:{https_port}", hostname = "b.test", certificate = "{tmp_path}/gone.pem", key = "{tmp_path}/gone.key" }},
+]
+backends = [ "127.0.0.1:1" ]
+"""
+    broken = Sozu(tmp_path, text, name="broken")
+    check = broken.ctl("config", "check")
+    assert check.returncode == 1 and "worker_cont" in check.stderr
+    for args in (["status"], ["metrics"], ["state", "dump"], ["query", "applications"],
+                 ["--json", "status"]):
+        out = broken.ctl(*args)
+        assert out.returncode == 0 and "Traceback" not in out.stderr, (args, out.stderr)
+    assert [row[0] for row in table(broken.ctl("status").stdout)[1:]] == ["master", "0", "1"]
+    assert "broken" not in broken.ctl("state", "dump").stdout
