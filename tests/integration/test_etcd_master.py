@@ -9,7 +9,7 @@ from tests.integration.etcd_server import etcd_server  # noqa: F401 (a fixture)
 from tests.integration.harness import free_port, routed_to, wait_for
 from tests.integration.load import alive
 from tests.integration.test_etcd_provider import (PREFIX, backend_key, config, everywhere,
-                                                  pushed)
+                                                  pushed, refused_in_status)
 
 
 def provider_pids(proxy) -> list[int]:
@@ -56,3 +56,21 @@ def test_the_provider_stops_when_its_master_is_gone(tmp_path, sozu, backend, etc
     os.kill(proxy.process.pid, signal.SIGKILL)
     wait_for(lambda: not alive(child), what="the provider to stop without its master")
     assert "the master (pid %d) is gone: stopping" % proxy.process.pid in proxy.log()
+
+
+def test_the_refused_keys_are_in_the_status_after_an_upgrade(tmp_path, sozu, backend, etcd_server):
+    """The new master runs a provider of its own, which reports to it."""
+    port = free_port()
+    proxy = sozu(config(tmp_path, port, [backend("b1").port], etcd_server))
+    pushed(proxy)
+    wait_for(lambda: "keys at revision" in proxy.log(), timeout=20, what="the first sync")
+    etcd_server.put(f"{PREFIX}applications/broken", "{not json")
+    wait_for(lambda: refused_in_status(proxy, 1), what="the refused key in the status")
+    upgraded = proxy.ctl("--timeout=40000", "upgrade")
+    assert upgraded.returncode == 0, upgraded.stdout + upgraded.stderr
+    wait_for(lambda: len(provider_pids(proxy)) == 2, timeout=20, what="the new master's provider")
+    new_provider = provider_pids(proxy)[1]
+    status = wait_for(lambda: f"etcd provider (pid {new_provider}): 1 keys refused" in (
+        text := proxy.ctl("status").stdout) and text, timeout=20,
+        what="the new provider's report to the new master")
+    assert f"  refused: {PREFIX}applications/broken: the value is not JSON" in status
