@@ -26,10 +26,12 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("h2c")
     web = Backend("web")
-    h2c, plain = free_port(), free_port()
-    # The h2c listener, then one without the option (written after the first one's own lines).
+    h2c, plain, proxied = free_port(), free_port(), free_port()
+    # The h2c listener, then one without the option and one behind a PROXY protocol balancer
+    # (written after the first one's own lines).
     text = http_apps_config(tmp, h2c, {"web": {
-        "fronts": [("a.test", "/"), {"address": f"127.0.0.1:{plain}", "hostname": "a.test"}],
+        "fronts": [("a.test", "/"), {"address": f"127.0.0.1:{plain}", "hostname": "a.test"},
+                   {"address": f"127.0.0.1:{proxied}", "hostname": "a.test"}],
         "backends": [f"127.0.0.1:{web.port}"]}},
         listener_extra=f"""h2c_prior_knowledge = true
 http2_max_concurrent_streams = 20
@@ -37,9 +39,15 @@ http2_max_concurrent_streams = 20
 [[listeners]]
 protocol = "http"
 address = "127.0.0.1:{plain}"
+
+[[listeners]]
+protocol = "http"
+address = "127.0.0.1:{proxied}"
+expect_proxy = true
+h2c_prior_knowledge = true
 """)
     sozu = Sozu(tmp, text).start()
-    yield {"sozu": sozu, "h2c": h2c, "plain": plain, "web": web, "tmp": tmp}
+    yield {"sozu": sozu, "h2c": h2c, "plain": plain, "proxied": proxied, "web": web, "tmp": tmp}
     sozu.stop()
     web.stop()
 
@@ -139,6 +147,19 @@ def test_without_the_option_the_preface_is_refused_as_http11(env):
     assert answer.startswith(b"HTTP/1.1 505 HTTP Version Not Supported\r\n"), answer[:200]
     done = curl(env["plain"], "--http2-prior-knowledge")
     assert done.returncode != 0  # curl gets no HTTP/2 from it
+
+
+def test_behind_a_proxy_protocol_header_both_protocols_still_work(env):
+    header = b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 80\r\n"
+    with socket.create_connection(("127.0.0.1", env["proxied"]), timeout=5) as sock:
+        sock.sendall(header + PREFACE + SettingsFrame(0).serialize())
+        frames = read_frames(sock, lambda f: isinstance(f, SettingsFrame) and "ACK" not in f.flags)
+    assert isinstance(frames[0], SettingsFrame)
+    answer = raw_request(env["proxied"], header + b"GET /hi HTTP/1.1\r\nHost: a.test\r\n"
+                                                  b"Connection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    headers = {name.lower(): value for name, value in json.loads(answer.split(b"\r\n\r\n", 1)[1])["headers"]}
+    assert headers["x-forwarded-for"] == "192.0.2.7"  # the header's client, not the balancer
 
 
 def test_the_option_at_runtime_with_sozuctl(env):
