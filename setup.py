@@ -13,6 +13,7 @@ setup(
         "python-prctl>=1.8",
         "pyseccomp>=0.1.2",
         "h2>=4.1",
+        "httptools>=0.9",  # llhttp: sozu.http.parser reads HTTP/1 heads with it
         'tomli>=2.0; python_version < "3.11"',
         "etcd3gw>=2.4",
     ],

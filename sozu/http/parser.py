@@ -1,4 +1,4 @@
-"""Strict, sans-IO HTTP/1.1 message heads and chunked framing.
+"""Strict, sans-IO HTTP/1.1 message heads (read by llhttp) and chunked framing.
 
 Theory of operation
 -------------------
@@ -14,8 +14,8 @@ Why strict: a proxy and the backend behind it must agree on where every message 
 the proxy accepts something that the backend reads differently (a bare LF, an obs-fold, a
 ``Transfer-Encoding`` it does not understand, two ``Content-Length`` values, whitespace before
 a colon) an attacker can hide a second request inside the first one (request smuggling, see
-Kettle's "HTTP Desync Attacks"). So this parser accepts only the RFC 9112 grammar, CRLF line
-endings only, and refuses every ambiguous framing instead of guessing:
+Kettle's "HTTP Desync Attacks"). So what is accepted is the RFC 9112 grammar, CRLF line endings
+only, and every ambiguous framing is refused instead of guessed:
 
 * request line ``METHOD SP target SP HTTP/1.x``; origin-form, absolute-form (http/https) or
   ``*`` for OPTIONS; HTTP/1.0 and HTTP/1.1 only;
@@ -24,9 +24,28 @@ endings only, and refuses every ambiguous framing instead of guessing:
 * ``Content-Length`` plain digits (identical duplicates tolerated); ``Transfer-Encoding`` of a
   request exactly ``chunked``; never both; exactly one valid ``Host`` in HTTP/1.1.
 
-The fast path is a few precompiled regexes run over the whole head (C speed); when one fails, a
-slower diagnosis walks the lines to name the exact fault. Limits are checked while the head is
-still incomplete, so a client cannot make the proxy buffer forever.
+Who checks what, once a head is complete (its CRLF CRLF found by one search):
+
+* llhttp (Node's parser, through httptools: C) checks it: the grammar of its lines,
+  Content-Length and Transfer-Encoding. It hands over nothing: the field lines are forwarded as
+  they came, never split and rebuilt (sozu.http.headers), and the (name, value) pairs are split
+  from them only for the few heads that need them (header rules, a sticky cookie, a Connection
+  header naming other headers).
+* sozu's own checks cover where llhttp is more lenient than the contract, at C speed: the
+  request or status line by one regex (single spaces, the version, then the target forms: no
+  fragment, no CONNECT, no userinfo), the limits by counting, and the few headers the parser
+  interprets (Host, Content-Length, Transfer-Encoding, Connection, Expect, Upgrade, and the
+  underscore spellings it refuses) found by one regex search over the head, then checked by
+  the rules of RFC 9110/9112 in Python.
+* a head llhttp refuses is judged by the contract: its field grammar (one regex) and, on a
+  fault, a line-by-line diagnosis that names it in the corpus' words; then sozu's own checks,
+  which name framing and Host faults. What llhttp refused for reasons of its own stays refused
+  (400, or 502 for a response) unless sozu decides it by its own checks: a method outside
+  llhttp's table (RFC 9110 §9.1 allows any token), identical or listed Content-Length values
+  (RFC 9110 §8.6), OWS after a transfer coding. Only refused or unusual heads take that path.
+
+Limits are checked while the head is still incomplete (counts over the recent bytes, one regex
+over the start of the request line), so a client cannot make the proxy buffer forever.
 """
 
 from __future__ import annotations
@@ -35,6 +54,9 @@ import functools
 import ipaddress
 import re
 from dataclasses import dataclass
+
+from httptools import (HttpParserError, HttpParserInvalidMethodError, HttpParserUpgrade, HttpRequestParser,
+                       HttpResponseParser)
 
 __all__ = [
     "DEFAULT_LIMITS", "ChunkedFramer", "Limits", "ProtocolError", "RequestHead",
@@ -71,7 +93,9 @@ class RequestHead:
     method: bytes
     target: bytes
     version: bytes
-    headers: list[tuple[bytes, bytes]]
+    # The field lines as received, each with its CRLF: forwarded as they came (sozu.http.headers).
+    # None once a front edited the headers (sozu.http.rules): they are edited_headers then.
+    fields: bytes | None
     host: str
     path: bytes
     content_length: int | None
@@ -80,6 +104,12 @@ class RequestHead:
     expect_continue: bool
     upgrade: bytes | None
     connection_tokens: frozenset[bytes]
+    edited_headers: list[tuple[bytes, bytes]] | None = None
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """[(name, stripped value)], split from fields on demand: few requests need them."""
+        return self.edited_headers if self.fields is None else _split_fields(self.fields)
 
 
 @dataclass(slots=True)
@@ -176,9 +206,14 @@ def parse_request_head(
         raise ProtocolError("request line too long", 414)
     if end + 4 - start > limits.max_head_size:
         raise ProtocolError("request head too large", 431)
-    head = bytes(buf[start : end + 2])
-    method, target, version, t_host, t_port, path = _parse_request_line(head[: line_end - start])
-    headers, found, hosts = _parse_fields(head, line_end - start + 2, limits, 400, 431)
+    head = bytes(buf[start : end + 4])
+    line_size = line_end - start
+    method, target, version, t_host, t_port, path = _parse_request_line(head[:line_size])
+    fields = head[line_size + 2 : -2]
+    if _too_many_fields(fields, limits):
+        raise ProtocolError("too many header fields", 431)
+    refusal = _check_fields(HttpRequestParser, head, fields, 400)
+    found, hosts = _framing_fields(head, 400)
     http11 = version == b"HTTP/1.1"
     host = _routing_host(hosts, http11, t_host, t_port)
     content_length, chunked = _request_framing(found[_CL], found[_TE], http11)
@@ -195,8 +230,10 @@ def parse_request_head(
     expect_continue = (
         expect is not None and http11 and b"100-continue" in _split_list(expect.lower())
     )
+    if refusal is not None:
+        raise ProtocolError(f"malformed request head (llhttp: {refusal})")
     head_obj = RequestHead(
-        method, target, version, headers, host, path, content_length, chunked, keep_alive,
+        method, target, version, fields, host, path, content_length, chunked, keep_alive,
         expect_continue, upgrade, tokens,
     )
     return head_obj, end + 4
@@ -356,7 +393,7 @@ def parse_response_head(
         raise ProtocolError("status line too long", 502)
     if end + 4 > limits.max_head_size:
         raise ProtocolError("response head too large", 502)
-    head = bytes(buf[: end + 2])
+    head = bytes(buf[: end + 4])
     m = _STATUS_LINE.fullmatch(head, 0, line_end)
     if m is None:
         raise ProtocolError("malformed status line", 502)
@@ -366,8 +403,11 @@ def parse_response_head(
     status = int(status_b)
     if status < 100 or status > 599:
         raise ProtocolError(f"status code {status} out of range", 502)
-    fields = head[line_end + 2:]
-    found = _response_framing_fields(fields, limits)
+    fields = head[line_end + 2 : -2]
+    if _too_many_fields(fields, limits):
+        raise ProtocolError("too many header fields", 502)
+    refusal = _check_fields(HttpResponseParser, head, fields, 502)
+    found, _ = _framing_fields(head, 502)
     cl, te = found[_CL], found[_TE]
     if te is not None and cl is not None:
         raise ProtocolError("both Transfer-Encoding and Content-Length", 502)
@@ -390,6 +430,8 @@ def parse_response_head(
         body = "close"
     if body == "close":
         keep_alive = False
+    if refusal is not None:
+        raise ProtocolError(f"malformed response head (llhttp: {refusal})", 502)
     head_obj = ResponseHead(
         version, status, reason or b"", fields, content_length, body == "chunked",
         keep_alive, tokens, body,
@@ -400,27 +442,73 @@ def parse_response_head(
 # --- fields -----------------------------------------------------------------------------------
 
 
-def _parse_fields(head: bytes, pos: int, limits: Limits, hint: int, size_hint: int):
-    """Field lines of head[pos:] (each ending with CRLF) -> (headers, found, hosts): the
-    [(name, stripped value)] list; the values of the headers the parser interprets, indexed by
-    _CL, _TE..., duplicates joined into one comma list (RFC 9110 §5.3); the Host values apart."""
+class _LlhttpCallbacks:
+    """The callbacks httptools looks for on a protocol object, all absent: its parser only
+    checks. (Named, since httptools looks each one up, and a miss costs an AttributeError.)"""
+
+    __slots__ = ()
+    on_message_begin = on_url = on_status = on_header = on_headers_complete = None
+    on_body = on_message_complete = on_chunk_header = on_chunk_complete = None
+
+
+_CHECK_ONLY = _LlhttpCallbacks()
+
+
+def _too_many_fields(fields: bytes, limits: Limits) -> bool:
+    """More field lines (each ending with CRLF) than the limit? Each takes 3 bytes at least: only
+    a longer block needs counting."""
+    limit = limits.max_header_count
+    return len(fields) > 3 * limit and fields.count(b"\r\n") > limit
+
+
+# llhttp's reason for stopping after the head of a 101 answer without Upgrade headers (an
+# upgrade to it all the same): not a refusal. (httptools passes llhttp's reasons on as text.)
+_LLHTTP_PAUSED = "Pause on CONNECT/Upgrade"
+
+
+def _contract_allows(refusal: HttpParserError) -> bool:
+    """Is what llhttp refused one of the things sozu decides by its own checks? A method (RFC
+    9110 §9.1 allows any token, llhttp knows a table of them; sozu's request line regex checked
+    it), Content-Length and Transfer-Encoding (llhttp refuses identical values, RFC 9110 §8.6,
+    and OWS after a coding, RFC 9110 §5.6.3; sozu's checks refuse what the contract refuses)."""
+    reason = str(refusal)
+    return (isinstance(refusal, HttpParserInvalidMethodError) or "Content-Length" in reason
+            or "Transfer-Encoding" in reason)
+
+
+def _check_fields(llhttp_parser, head: bytes, fields: bytes, hint: int) -> str | None:
+    """A complete head (fields: its field lines, each ending with CRLF) checked by llhttp. When
+    llhttp refuses it, the contract's grammar names the fault; if it finds none, the reason
+    llhttp gave is returned (None when the contract allows what llhttp refused), for the caller
+    to refuse the head with once its own checks, which name a fault better, have passed."""
+    try:
+        llhttp_parser(_CHECK_ONLY).feed_data(head)
+    except HttpParserUpgrade:  # llhttp stops after an Upgrade head or a 101's, read whole
+        pass
+    except HttpParserError as refusal:
+        if str(refusal) == _LLHTTP_PAUSED:
+            return None
+        if _FIELD_BLOCK.fullmatch(fields) is None:
+            _diagnose_fields(fields.split(b"\r\n")[:-1], hint)
+        if not _contract_allows(refusal):
+            return str(refusal)
+    return None
+
+
+# The headers the parser interprets (and the spellings it refuses), found in a head whose field
+# lines are valid by one search: each LF there starts a field line, whose name ends at its colon.
+_FRAMING_FIELD = re.compile(rb"\n(%s):([^\r]*)" % b"|".join(_TRACKED), re.I)
+
+
+def _framing_fields(head: bytes, hint: int) -> tuple[list, list[bytes]]:
+    """The values of the headers the parser interprets in a head with valid field lines,
+    -> (found, hosts): found indexed by _CL, _TE..., duplicates joined into one comma list in
+    order (RFC 9110 §5.3); the Host values apart."""
     found = [None] * 6
     hosts: list[bytes] = []
-    if pos == len(head):
-        return [], found, hosts
-    if head.count(b"\r\n", pos) > limits.max_header_count:
-        raise ProtocolError("too many header fields", size_hint)
-    if _FIELD_BLOCK.fullmatch(head, pos) is None:
-        _diagnose_fields(head[pos:].split(b"\r\n")[:-1], hint)
-    headers = []
-    # Validated above: every line is token ":" value, so partition() is exact.
-    for line in head[pos:-2].split(b"\r\n"):
-        name, _, value = line.partition(b":")
+    for name, value in _FRAMING_FIELD.findall(head):
+        key = _TRACKED[name.lower()]
         value = value.strip(b" \t")
-        headers.append((name, value))
-        key = _TRACKED.get(name.lower())
-        if key is None:
-            continue
         if key == _HOST_H:
             hosts.append(value)
         elif key == _LOOKALIKE:
@@ -428,35 +516,7 @@ def _parse_fields(head: bytes, pos: int, limits: Limits, hint: int, size_hint: i
         else:
             old = found[key]
             found[key] = value if old is None else old + b"," + value
-    return headers, found, hosts
-
-
-# A response's framing headers (and the spellings refused), found in its validated field lines
-# by one search: the other lines are forwarded as they came, never split.
-_RESPONSE_FRAMING = re.compile(
-    rb"\n(content-length|transfer-encoding|connection|content_length|transfer_encoding):([^\r]*)", re.I
-)
-
-
-def _response_framing_fields(fields: bytes, limits: Limits) -> list:
-    """The `found` list of _parse_fields for a response's field lines (each ending with CRLF):
-    Content-Length, Transfer-Encoding and Connection values, duplicates joined in order.
-    The grammar is checked on the whole block first (C speed), as for requests."""
-    found = [None] * 6
-    if not fields:
-        return found
-    if fields.count(b"\r\n") > limits.max_header_count:
-        raise ProtocolError("too many header fields", 502)
-    if _FIELD_BLOCK.fullmatch(fields) is None:
-        _diagnose_fields(fields.split(b"\r\n")[:-1], 502)
-    for name, value in _RESPONSE_FRAMING.findall(b"\n" + fields):
-        key = _TRACKED[name.lower()]
-        if key == _LOOKALIKE:
-            raise ProtocolError(f"header {name.decode('ascii')!r} imitates a framing header", 502)
-        value = value.strip(b" \t")
-        old = found[key]
-        found[key] = value if old is None else old + b"," + value
-    return found
+    return found, hosts
 
 
 def _split_fields(fields: bytes) -> list[tuple[bytes, bytes]]:

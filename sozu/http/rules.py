@@ -51,7 +51,7 @@ def forwarded(route, head):
     rewrite, edits = route.rewrite, route.request_headers
     if rewrite is None and not edits:
         return head
-    fields = list(head.headers)
+    fields = headers = head.headers
     target, host = head.target, head.host
     if rewrite is not None:
         path, query = _path_and_query(head)
@@ -64,9 +64,11 @@ def forwarded(route, head):
             if not any(name.lower() == b"host" for name, _ in fields):  # HTTP/1.0 without Host
                 fields.append((b"Host", value))
     if edits:
-        fields = apply_edits(fields, edits)
-    return dataclasses.replace(head, target=target, headers=fields, host=host,
-                               path=target.partition(b"?")[0])
+        fields = apply_edits(list(fields), edits)
+    path = target.partition(b"?")[0]
+    if fields is headers:  # the lines as received still hold
+        return dataclasses.replace(head, target=target, host=host, path=path)
+    return dataclasses.replace(head, target=target, host=host, path=path, fields=None, edited_headers=fields)
 
 
 def rewrite_path(route, path: bytes) -> bytes:

@@ -1,7 +1,9 @@
 """Table-driven tests of sozu.http.parser, one table per rule (h11 style)."""
 
+import httptools
 import pytest
 
+from sozu.http import parser
 from sozu.http.parser import (
     DEFAULT_LIMITS,
     ChunkedFramer,
@@ -376,6 +378,8 @@ RESPONSES = [
     (resp(b"HTTP/1.1 204 No Content"), b"DELETE", dict(body="none", keep_alive=True)),
     (resp(b"HTTP/1.1 304 Not Modified", b"Content-Length: 99"), b"GET", dict(body="none")),
     (resp(b"HTTP/1.1 100 Continue"), b"POST", dict(status=100, body="none")),
+    # llhttp stops after any 101 head, also one without Upgrade headers: no refusal
+    (resp(b"HTTP/1.1 101 Switching Protocols"), b"GET", dict(status=101, body="none")),
     (resp(b"HTTP/1.1 101 Switching Protocols", b"Connection: Upgrade", b"Upgrade: websocket"),
      b"GET", dict(status=101, body="none", connection_tokens=frozenset({b"upgrade"}))),
     (resp(b"HTTP/1.0 200 OK", b"Content-Length: 5"), b"GET", dict(keep_alive=False)),
@@ -579,3 +583,40 @@ def test_chunked_limits():
     ):
         with pytest.raises(ProtocolError, match="too"):
             frame(body, limits)
+
+
+# --- llhttp's own refusals ------------------------------------------------------------------
+
+def refusing(reason: str, error=httptools.HttpParserError):
+    """An llhttp parser that refuses every head with reason."""
+    class Refusing:
+        def __init__(self, protocol):
+            pass
+
+        def feed_data(self, data):
+            raise error(reason)
+    return Refusing
+
+
+def test_what_llhttp_alone_refuses_stays_refused(monkeypatch):
+    """A head the contract's grammar allows but llhttp refuses for a reason sozu does not judge
+    itself is refused: llhttp is a second opinion, not overruled."""
+    monkeypatch.setattr(parser, "HttpRequestParser", refusing("Invalid header value char"))
+    monkeypatch.setattr(parser, "HttpResponseParser", refusing("Invalid header value char"))
+    error = fails(get(b"Host: a"))
+    assert (error.status_hint, "llhttp" in error.message) == (400, True)
+    error = fails(resp(b"HTTP/1.1 200 OK", b"Content-Length: 0"), method=b"GET")
+    assert (error.status_hint, "llhttp" in error.message) == (502, True)
+    # a fault the contract names is named in its words, not llhttp's
+    assert fails(get(b"Host: a", b"X : b")).message == "whitespace between header name and colon"
+
+
+@pytest.mark.parametrize("reason, error", [
+    ("Invalid method encountered", httptools.HttpParserInvalidMethodError),
+    ("Duplicate Content-Length", httptools.HttpParserError),
+    ("Request has invalid `Transfer-Encoding`", httptools.HttpParserError),
+])
+def test_what_sozu_decides_itself_is_not_refused_for_llhttp(monkeypatch, reason, error):
+    monkeypatch.setattr(parser, "HttpRequestParser", refusing(reason, error))
+    head = parse(get(b"Host: a", b"Content-Length: 5", b"Content-Length: 5", line=b"PURGEX / HTTP/1.1"))
+    assert (head.method, head.content_length) == (b"PURGEX", 5)

@@ -12,9 +12,8 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sozu.http.parser import (_CL, _CONN, _TE, DEFAULT_LIMITS, ChunkedFramer, ProtocolError, _parse_fields,
-                              _response_framing_fields, _split_fields, parse_request_head,
-                              parse_response_head)
+from sozu.http.parser import (_CL, _CONN, _TE, ChunkedFramer, ProtocolError, _framing_fields, _split_fields,
+                              parse_request_head, parse_response_head)
 
 settings.register_profile(
     "sozu-parser", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -398,33 +397,56 @@ def test_every_single_edit_of_a_chunked_body():
         check_body(data)
 
 
-# --- responses: framing headers found by search, as a line-by-line reading finds them ----------
+# --- framing headers found by search, as a line-by-line reading finds them -------------------
 
 framing_names = st.sampled_from([b"Content-Length", b"content-length", b"CONTENT-LENGTH", b"Connection",
                                  b"connection", b"Transfer-Encoding", b"transfer-encoding",
                                  b"Content_Length", b"X-Content-Length", b"Content-Lengthy",
-                                 b"Keep-Alive", b"Proxy-Foo"])
+                                 b"Keep-Alive", b"Proxy-Foo", b"HOST", b"Host "])
 framing_values = st.sampled_from([b"5", b" 5 ", b"close", b"keep-alive", b"chunked", b"", b"\t7"])
+_REF_FIELDS = re.compile((r"(?:%s:[\t\x20-\x7e\x80-\xff]*\r\n)*" % _REF_TOKEN).encode("latin-1"))
+LOOKALIKES = (b"content_length", b"transfer_encoding")
+
+
+def line_by_line(block: bytes) -> tuple[list, list]:
+    """Reference reading of valid field lines: the Content-Length, Transfer-Encoding and
+    Connection values joined in order, and the Host values."""
+    joined: dict[bytes, bytes] = {}
+    hosts = []
+    for line in block.split(b"\r\n")[:-1]:
+        name, _, value = line.partition(b":")
+        name, value = name.lower(), value.strip(b" \t")
+        if name == b"host":
+            hosts.append(value)
+        elif name in (b"content-length", b"transfer-encoding", b"connection"):
+            joined[name] = value if name not in joined else joined[name] + b"," + value
+    return [joined.get(name) for name in (b"content-length", b"transfer-encoding", b"connection")], hosts
 
 
 @FAST
 @given(st.lists(st.tuples(header_names.map(str.encode) | framing_names,
                           st.sampled_from([b":", b": ", b":\t", b":  "]),
                           header_values | framing_values), max_size=12))
-def test_response_framing_headers_are_found_as_a_line_by_line_reading_finds_them(lines):
-    """A response's field lines are searched, not split (they are forwarded as they came): the
-    search must find what the request parser's line-by-line reading finds, and refuse alike."""
+def test_framing_headers_are_found_as_a_line_by_line_reading_finds_them(lines):
+    """The headers the parser interprets are searched for in the head, not read line by line
+    (a response's lines are forwarded as they came): the search must find what a line-by-line
+    reading finds; a head the grammar refuses is refused."""
     block = b"".join(name + colon + value + b"\r\n" for name, colon, value in lines)
-    fields = [(name, value) for name, _, value in lines]
-    try:
-        headers, reference, _ = _parse_fields(block, 0, DEFAULT_LIMITS, 502, 502)
-    except ProtocolError:
-        reference = None
-    try:
-        found = _response_framing_fields(block, DEFAULT_LIMITS)
-    except ProtocolError as error:
-        assert reference is None and error.status_hint == 502
-        return
-    assert reference is not None
-    assert [found[key] for key in (_CL, _TE, _CONN)] == [reference[key] for key in (_CL, _TE, _CONN)]
-    assert _split_fields(block) == headers == [(name, value.strip(b" \t")) for name, value in fields]
+    head = b"HTTP/1.1 200 OK\r\n" + block + b"\r\n"
+    if _REF_FIELDS.fullmatch(block) is None:
+        try:
+            parse_response_head(head, b"GET")
+        except ProtocolError as error:
+            assert error.status_hint == 502
+            return
+        raise AssertionError("a field line outside the grammar was accepted")
+    if any(name.lower() in LOOKALIKES for name, _, _ in lines):
+        try:
+            _framing_fields(head, 502)
+        except ProtocolError as error:
+            assert error.status_hint == 502 and "imitates" in error.message
+            return
+        raise AssertionError("an underscore spelling of a framing header was accepted")
+    found, hosts = _framing_fields(head, 502)
+    assert ([found[key] for key in (_CL, _TE, _CONN)], hosts) == line_by_line(block)
+    assert _split_fields(block) == [(name, value.strip(b" \t")) for name, _, value in lines]
