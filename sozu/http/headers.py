@@ -1,9 +1,11 @@
 """The heads sozu forwards: what it removes, rewrites and adds (pure).
 
-Header lines that are only forwarded are copied as they came: a request's name as received and
-value as the parser stripped it; a response's lines byte for byte, since the lines to remove are
-found by one search and cut out (a Connection header naming other headers takes the
-line-by-line pass). Only three kinds of work are done on the way:
+Header lines that are only forwarded are copied as they came, byte for byte: the lines to remove
+or rewrite are found by one search and cut out, the others are not split and rebuilt. The heads
+the search does not cover take a line-by-line pass, which sends a name as received and a value
+as the parser stripped it: a Connection header naming other headers, a request whose headers a
+front edited, several Content-Length values, a request to a sticky application (sozu's cookie
+is taken out of Cookie). Only three kinds of work are done on the way:
   - hop-by-hop headers (RFC 9110 §7.6.1), the headers a Connection header names, and every
     `Proxy`/`Proxy-*` header (httpoxy) are removed;
   - the headers sozu owns (X-Forwarded-Proto/Port, Sozu-Id, Expect) are replaced by its own, so
@@ -33,10 +35,21 @@ PLAIN_TOKENS = frozenset((b"close", b"keep-alive"))
 # no route, rule or limit sees (h2c: HTTP/2 straight to the backend, RFC 7540 §3.2): such a
 # request goes to the backend as a plain one, without Upgrade and its Connection token.
 UPGRADES = frozenset((b"websocket",))
-# A line to drop with the LF before it (the block is searched with an LF put in front).
-_RESPONSE_DROP_LINES = re.compile(
-    rb"\n(?:%s|proxy-[^:]*):[^\n]*" % b"|".join(re.escape(name) for name in sorted(RESPONSE_DROP)), re.I
-)
+
+
+def _lines_named(names, proxy: bytes) -> re.Pattern:
+    """The search for the lines with one of these names or starting with `proxy`, each found
+    with the LF before it (a block is searched with an LF put in front)."""
+    alternatives = b"|".join(re.escape(name) for name in sorted(names))
+    return re.compile(rb"\n(?:%s|%s[^:]*):[^\n]*" % (alternatives, re.escape(proxy)), re.I)
+
+
+_RESPONSE_DROP_LINES = _lines_named(RESPONSE_DROP, b"proxy-")
+# A request's: those it drops, and the forwarding chains, which go out with the client appended.
+CHAINS = (b"x-forwarded-for", b"forwarded")
+_REQUEST_DROP_LINES = _lines_named(REQUEST_DROP.union(CHAINS), b"proxy")
+# The lines of a request whose values sozu reads before forwarding it.
+_REQUEST_READ_LINES = re.compile(rb"\n(x-forwarded-for|forwarded|content-length):([^\r]*)", re.I)
 
 
 def forwarded_upgrade(head) -> bytes | None:
@@ -57,10 +70,61 @@ def request_head(head, client_ip: bytes, origin, request_id: bytes,
     `port` and `by` (the worker's ListenerInfo precomputes them). `sticky_name`: the sticky
     cookie to strip from Cookie (for sticky applications only; for others the cookie may be
     the application's own)."""
-    tokens = head.connection_tokens
-    drop = REQUEST_DROP.union(tokens - FRAMING) if tokens else REQUEST_DROP
     target = head.target if head.target[:1] == b"/" else origin_form(head.target)
     lines = [head.method, b" ", target, b" ", head.version, b"\r\n"]
+    chains = request_fields_searched(head, sticky_name)
+    if chains is not None:
+        fields, forwarded_for, forwarded = chains
+        lines.append(fields)
+    else:
+        forwarded_for, forwarded = request_fields_without(head, sticky_name, lines)
+    ipv6 = b":" in client_ip
+    element = (b"proto=" + origin.scheme + b";for=" + (b'"[' + client_ip + b']"' if ipv6 else client_ip) +
+               b";by=" + origin.by)
+    lines += (b"X-Forwarded-For: ", forwarded_for + b", " + client_ip if forwarded_for else client_ip,
+              b"\r\nForwarded: ", forwarded + b", " + element if forwarded else element,
+              b"\r\nX-Forwarded-Proto: ", origin.scheme,
+              b"\r\nX-Forwarded-Port: ", origin.port,
+              b"\r\nSozu-Id: ", request_id, b"\r\n")
+    upgrade = forwarded_upgrade(head)
+    if upgrade is not None:
+        lines.append(b"Connection: Upgrade\r\nUpgrade: " + upgrade + b"\r\n")
+    elif head.version == b"HTTP/1.0":
+        lines.append(b"Connection: close\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def request_fields_searched(head, sticky_name: bytes | None):
+    """The request's field lines to forward, cut out by one search, and the X-Forwarded-For and
+    Forwarded chains it had (joined, or None): (fields, forwarded_for, forwarded). None when
+    the search does not cover the head: request_fields_without() then makes the lines."""
+    fields = head.fields
+    if fields is None or sticky_name is not None or not head.connection_tokens <= PLAIN_TOKENS:
+        return None
+    block = b"\n" + fields
+    forwarded_for = forwarded = length = None
+    for name, value in _REQUEST_READ_LINES.findall(block):
+        value = value.strip(b" \t")
+        name = name.lower()
+        if name == b"content-length":
+            # Content-Length goes as it came when it is one line with the plain length; the
+            # backend gets one plain value for "5, 5" or two lines (some refuse those).
+            if length is not None or value != b"%d" % head.content_length:
+                return None
+            length = value
+        elif name == b"x-forwarded-for":
+            forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
+        else:
+            forwarded = value if forwarded is None else forwarded + b", " + value
+    return _REQUEST_DROP_LINES.sub(b"", block)[1:], forwarded_for, forwarded
+
+
+def request_fields_without(head, sticky_name: bytes | None, lines: list):
+    """The line-by-line pass of request_head: the field lines to forward appended to lines, each
+    made from its (name, value) pair; -> (forwarded_for, forwarded), the chains it had."""
+    tokens = head.connection_tokens
+    drop = REQUEST_DROP.union(tokens - FRAMING) if tokens else REQUEST_DROP
     forwarded_for = forwarded = None
     length_sent = False
     for name, value in head.headers:
@@ -84,21 +148,7 @@ def request_head(head, client_ip: bytes, origin, request_id: bytes,
                 if not value:
                     continue
         lines += (name, b": ", value, b"\r\n")
-    ipv6 = b":" in client_ip
-    element = (b"proto=" + origin.scheme + b";for=" + (b'"[' + client_ip + b']"' if ipv6 else client_ip) +
-               b";by=" + origin.by)
-    lines += (b"X-Forwarded-For: ", forwarded_for + b", " + client_ip if forwarded_for else client_ip,
-              b"\r\nForwarded: ", forwarded + b", " + element if forwarded else element,
-              b"\r\nX-Forwarded-Proto: ", origin.scheme,
-              b"\r\nX-Forwarded-Port: ", origin.port,
-              b"\r\nSozu-Id: ", request_id, b"\r\n")
-    upgrade = forwarded_upgrade(head)
-    if upgrade is not None:
-        lines.append(b"Connection: Upgrade\r\nUpgrade: " + upgrade + b"\r\n")
-    elif head.version == b"HTTP/1.0":
-        lines.append(b"Connection: close\r\n")
-    lines.append(b"\r\n")
-    return b"".join(lines)
+    return forwarded_for, forwarded
 
 
 def response_head(response, request_id: bytes, keep_alive: bool, http10: bool,

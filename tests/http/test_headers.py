@@ -1,4 +1,5 @@
 """The heads sozu forwards, as transcripts: parsed head in, bytes out (no sockets)."""
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -6,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sozu.http import headers
-from sozu.http.parser import parse_request_head, parse_response_head
+from sozu.http.parser import ProtocolError, parse_request_head, parse_response_head
 
 ORIGIN = SimpleNamespace(scheme=b"http", port=b"8080", by=b"127.0.0.1:8080")
 
@@ -148,3 +149,41 @@ def test_response_lines_found_by_search_are_the_ones_a_line_by_line_pass_drops(l
     rebuilt = headers.response_fields_without(
         [(n, v.strip(b" \t")) for n, _, v in lines], headers.RESPONSE_DROP)
     assert [l.partition(b":")[0] for l in kept.split(b"\r\n")] == [l.partition(b":")[0] for l in rebuilt.split(b"\r\n")]
+
+
+request_names = st.sampled_from([b"Connection", b"KEEP-ALIVE", b"TE", b"te", b"Trailer", b"Upgrade",
+                                 b"Sozu-Id", b"X-Forwarded-Proto", b"x-forwarded-port", b"Expect",
+                                 b"Proxy-Authorization", b"Proxy", b"proxyx", b"X-Forwarded-For",
+                                 b"forwarded", b"Forwardeds", b"X-Connection", b"Tee", b"Content-Length",
+                                 b"Cookie", b"Accept", b"User-Agent", b"X-Forwarded-Host"])
+request_values = st.sampled_from([b"", b"1", b"keep-alive", b"a: b", b" spaced ", b"\tx", b"1.2.3.4",
+                                  b"for=x", b"SOZUBALANCEID=b; y=2", b"close", b"100-continue"])
+
+
+def normalized(head: bytes) -> list[bytes]:
+    """A head's lines, each field line spelled as a line-by-line pass writes it."""
+    lines = head.split(b"\r\n")
+    return lines[:1] + [name + b": " + value.strip(b" \t") if colon else name
+                        for name, colon, value in (line.partition(b":") for line in lines[1:])]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(request_names, st.sampled_from([b":", b": ", b":\t"]), request_values),
+                max_size=10), st.sampled_from([None, b"SOZUBALANCEID"]))
+def test_request_lines_found_by_search_are_the_ones_a_line_by_line_pass_makes(lines, sticky_name):
+    """The request lines forwarded as they came (one search cuts out the others) are the lines
+    the line-by-line pass makes, less the OWS this one strips; where the search does not cover a
+    head, the line-by-line pass makes them."""
+    raw = b"POST /p HTTP/1.1\r\nHost: h\r\n" + b"".join(n + c + v + b"\r\n" for n, c, v in lines) + b"\r\n"
+    try:
+        head, _ = parse_request_head(raw)
+    except ProtocolError:
+        return
+    searched = headers.request_head(head, b"10.0.0.9", ORIGIN, b"id-1", sticky_name)
+    as_edited = dataclasses.replace(head, fields=None, edited_headers=head.headers)
+    by_pairs = headers.request_head(as_edited, b"10.0.0.9", ORIGIN, b"id-1", sticky_name)
+    assert normalized(searched) == normalized(by_pairs)
+    if headers.request_fields_searched(head, sticky_name) is not None:  # lines as they came
+        kept = [line for line in raw.split(b"\r\n")[2:-2]
+                if normalized(line)[0] in normalized(searched)]
+        assert all(line in searched.split(b"\r\n") for line in kept)
