@@ -91,7 +91,7 @@ class NonBlockingHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             data = (self.format(record) + "\n").encode("utf-8", "replace")
-        except Exception:  # a record that cannot be formatted: the logging edge
+        except Exception:  # the log handler's edge: a record that cannot be formatted is no crash
             self.handleError(record)
             return
         try:

@@ -12,6 +12,7 @@ import hashlib
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
@@ -88,6 +89,6 @@ def load_key(pem: str):
         return serialization.load_pem_private_key(pem.encode("utf-8", "replace"), password=None)
     except TypeError:
         raise CertificateError("key: encrypted private keys are not supported") from None
-    except Exception as error:  # ValueError, or cryptography's UnsupportedAlgorithm
+    except (ValueError, UnsupportedAlgorithm) as error:
         detail = " ".join(str(error).split()) or "unreadable"
         raise CertificateError(f"key: not a valid PEM private key ({detail})") from None

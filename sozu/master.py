@@ -21,8 +21,10 @@ changes a backend's state is an order like any other: applied to the master's st
 to every worker.
 
 An order from the command socket is applied to the master's state first (which validates it),
-then sent to every running worker; the answer to the client waits for all of them
-(sozu.command_server), bounded by ctl_command_timeout.
+then sent to every running worker; the answer to the client waits for all of them, bounded by
+ctl_command_timeout. The command socket (sozu.command_socket) and the dispatcher of its requests
+(sozu.commands) use the master through its verbs only; the fan-out to the workers and the
+gathering of their answers is sozu.fanout (docs/architecture.md).
 """
 from __future__ import annotations
 
@@ -37,17 +39,22 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from sozu import listeners, seccomp, systemd
+from sozu import pid_file, seccomp, systemd, tls
 from sozu.capacity import LoadBoard
 from sozu.channel import ChannelClosed, MasterChannel
 from sozu.health.checker import HealthChecker
+from sozu.listeners import ListenerSockets
 from sozu.metrics_server import MetricsServer, listening_socket
 from sozu.provider.child import ProviderChild
 from sozu.prometheus import render as render_prometheus
 from sozu.state_saver import StateSaver
 from sozu.statsd import StatsdSender
-from sozu.messages import MessageError
-from sozu.state import StateError, answer_query
+from sozu.upgrade import Upgrade, signal_ready
+from sozu.commands import Commands
+from sozu.fanout import Fanout
+from sozu.messages import MessageError, Order
+from sozu.metrics import worker_metrics
+from sozu.state import StateError, answer_query, backend_health
 
 log = logging.getLogger("sozu.master")
 
@@ -83,22 +90,30 @@ class Slot:
 
 
 class Master:
-    def __init__(self, config, state, sockets: dict[str, socket.socket], generation: int = 0,
-                 sandbox_plan=None, ready_fd: int | None = None):
+    """The verbs the rest of the master's side uses (the command dispatcher, the health checks,
+    start-up) are the public methods below, from apply to upgrade_worker; its attributes are its
+    own (docs/architecture.md, "The master's verbs")."""
+
+    def __init__(self, config, state, listeners: ListenerSockets, command_socket,
+                 generation: int = 0, sandbox_plan=None, ready_fd: int | None = None):
         self.config = config
         self.state = state
-        self.sockets = sockets
-        self.retired_sockets: dict[str, socket.socket] = {}  # removed listeners, closed soon
+        self.listeners = listeners
         self.generation = generation
         self.sandbox_plan = sandbox_plan
         self.selector = selectors.DefaultSelector()
-        self.workers: dict[int, WorkerProcess] = {}  # by pid
+        self.processes: dict[int, WorkerProcess] = {}  # the workers, by pid
         self.slots = {i: Slot(i) for i in range(config.worker_count)}
         self.load_board = LoadBoard(config.worker_count)
         self.signals: list[int] = []
         self.stopping: str | None = None  # None | "soft" | "hard"
         self.stop_deadline = 0.0
-        self.command_server = None
+        self.command_socket = command_socket
+        self.commands = Commands(self)
+        self.fanout = Fanout(self.send_to_worker, self._refused)
+        self.orders_applied = 0  # state orders applied by the master: a metric
+        # provider -> its last PROVIDER_REPORT (the keys it refused), shown by LIST_WORKERS
+        self._provider_reports: dict[str, dict] = {}
         self.exit_code = 0
         # Whether this master owns the socket and pid files (and removes them when it exits):
         # a master started by an upgrade owns them once it serves; a master retired by a newer
@@ -122,15 +137,106 @@ class Master:
         os.set_blocking(self._wakeup_r, False)
         os.set_blocking(self._wakeup_w, False)
 
+    # -- the verbs -----------------------------------------------------------------------------
+    def apply(self, orders: list[Order]) -> tuple[list[Order], StateError | None]:
+        """Apply state orders to the master's state, in order, until one is refused: (the orders
+        applied, the refusal or None). What no worker could serve (a bad certificate) is refused
+        here, before any state changes. MessageError when no change may be made now."""
+        if self.upgrade is not None:
+            raise MessageError("an upgrade is in progress: the new master has its own copy of "
+                               "the state; send this change again once it answers")
+        if not self.last_generation:
+            raise MessageError("this master was replaced by an upgrade and is draining: "
+                               "send this change again, to the new master")
+        applied: list[Order] = []
+        try:
+            for order in orders:
+                try:
+                    tls.check_order(order)
+                    self._apply_one(order)
+                except StateError as error:
+                    return applied, error
+                applied.append(order)
+            return applied, None
+        finally:
+            self.listeners.close_retired()
+            if applied:
+                self.saver.changed(self.state)
+
+    def broadcast(self, orders: list[Order], on_done, worker_id: int | None = None,
+                  request_id: str = "") -> None:
+        """The orders to every running worker (or to worker_id's); on_done(answers by worker id,
+        ids of the workers that did not answer in time) within ctl_command_timeout."""
+        targets = [w for w in self.processes.values() if w.state != "stopping"
+                   and (worker_id is None or w.id == worker_id)]
+        if worker_id is not None and not targets:
+            raise MessageError(f"no running worker with id {worker_id}")
+        self.fanout.broadcast(targets, orders, self.config.ctl_command_timeout / 1000, on_done,
+                              self.listeners.fds_for, request_id)
+
+    def workers(self) -> list[dict]:
+        """The master and its workers as LIST_WORKERS and STATUS show them."""
+        rows = [{"id": "master", "pid": os.getpid(), "state": "stopping" if self.stopping else "running",
+                 "restarts": 0, "generation": self.generation}]
+        for worker in sorted(self.processes.values(), key=lambda w: (w.id, w.pid)):
+            rows.append({"id": worker.id, "pid": worker.pid, "state": worker.state,
+                         "restarts": worker.restarts, "generation": worker.generation})
+        if not self.stopping:  # a slot waiting to be refilled (backing off) is shown too
+            serving = {w.id for w in self.processes.values() if w.state != "stopping"}
+            for slot in self.slots.values():
+                if slot.wanted and slot.id not in serving:
+                    rows.append({"id": slot.id, "pid": None, "state": "restarting",
+                                 "restarts": slot.restarts, "generation": self.generation})
+        return rows
+
+    def note_provider_report(self, report: dict) -> None:
+        """PROVIDER_REPORT: the keys a provider refused (docs/etcd.md), until its next report."""
+        self._provider_reports[report["provider"]] = report
+
+    def provider_reports(self) -> list[dict]:
+        return list(self._provider_reports.values())
+
+    def dump_state(self) -> dict:
+        return self.state.to_json()
+
+    def difference(self, target) -> list[Order]:
+        """The orders that make the running state `target` (LOAD_STATE)."""
+        return self.state.diff(target)
+
+    def backend_health(self) -> list[dict]:
+        return backend_health(self.state)
+
+    def save_state(self, path: str, on_done) -> None:
+        """The running state to `path`, off the loop (sozu.state_saver); on_done(error, orders)."""
+        self.saver.save(self.state, path, on_done)
+
+    def when_saved(self, callback) -> None:
+        """callback() once the automatic state save holds every change applied so far."""
+        self.saver.when_saved(callback)
+
+    def count_metrics(self, enabled: bool) -> None:
+        """METRICS ENABLE | DISABLE: remembered for the workers forked later (the running ones
+        get the order itself)."""
+        self.metrics_enabled = enabled
+
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            if self.last_generation:  # the files are ours: a retired generation leaves them
+                self.command_socket.remove_socket_file()
+                pid_file.remove(self.config.pid_file_path)
+            log.info("master %d exits", os.getpid())
+
+    def _run(self) -> int:
         self.install_signal_handlers()
         self.selector.register(self._wakeup_r, selectors.EVENT_READ, self._drain_wakeup)
-        if self.command_server is not None and self.ready_fd is None:
+        if self.ready_fd is None:
             # A master started by an upgrade leaves the shared command socket to the old one
             # until it serves (take_over): a change it accepted before then would be lost if the
             # upgrade failed, and a second upgrade must reach the master that refuses it.
-            self.command_server.register(self.selector)
+            self.command_socket.serve(self.selector, self.commands.handle)
         log.info("master %d starting %d workers (generation %d)", os.getpid(), len(self.slots), self.generation)
         self.serve_metrics()
         while True:
@@ -144,8 +250,8 @@ class Master:
                     self.manage_workers()
                 self.serve_ready_sockets(timeout=self.health.tick(self.state, time.monotonic()))
                 now = time.monotonic()
-                if self.command_server is not None:
-                    self.command_server.expire(now)
+                self.command_socket.flush_clients()
+                self.fanout.expire(now)
                 if self.upgrade is not None:
                     self.upgrade.check(now)
                 if self.metrics_server is not None:
@@ -162,7 +268,7 @@ class Master:
     def serve_ready_sockets(self, timeout: float) -> None:
         for key, mask in self.selector.select(timeout):
             key.data(mask)
-        for worker in list(self.workers.values()):
+        for worker in list(self.processes.values()):
             if worker.channel.wants_write:
                 self._flush(worker)
             self._watch_channel(worker)
@@ -203,17 +309,14 @@ class Master:
             elif signum in (signal.SIGINT, signal.SIGQUIT):
                 self.stop("hard")
             elif signum == signal.SIGUSR2:
-                if self.command_server is not None:
-                    self.command_server.start_upgrade(None)
-                else:
-                    log.warning("SIGUSR2: upgrade not available")
+                self.upgrade_on_signal()
             elif signum == signal.SIGHUP:
                 log.info("SIGHUP ignored: send changes through the command socket (sozuctl)")
 
     # -- workers -----------------------------------------------------------------------------
     def manage_workers(self) -> None:
         now = time.monotonic()
-        running = {w.id for w in self.workers.values() if w.state != "stopping"}
+        running = {w.id for w in self.processes.values() if w.state != "stopping"}
         for slot in self.slots.values():
             if slot.wanted and slot.id not in running and now >= slot.not_before:
                 self.spawn_worker(slot)
@@ -235,7 +338,8 @@ class Master:
                 parent_end.close()
                 self._close_in_child()
                 from sozu import worker  # gevent is imported only here, after fork
-                worker.main(slot.id, self.config, self.state, self.sockets, child_end, self.sandbox_plan,
+                worker.main(slot.id, self.config, self.state, self.listeners.for_worker(slot.id), child_end,
+                            self.sandbox_plan,
                             self.load_board, self.metrics_enabled)
             finally:
                 log.exception("worker %d could not start", slot.id)
@@ -243,7 +347,7 @@ class Master:
         child_end.close()
         channel = MasterChannel(parent_end, self.config.max_command_message_size)
         process = WorkerProcess(slot.id, pid, channel, self.generation, restarts=slot.restarts)
-        self.workers[pid] = process
+        self.processes[pid] = process
         self.selector.register(parent_end, selectors.EVENT_READ, lambda mask, p=process: self._on_channel(p))
         log.info("worker %d started, pid %d", slot.id, pid)
         return process
@@ -255,10 +359,9 @@ class Master:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD, signal.SIGUSR2,
                        signal.SIGHUP):
             signal.signal(signum, signal.SIG_DFL)
-        for worker in self.workers.values():
+        for worker in self.processes.values():
             worker.channel.close()
-        if self.command_server is not None:
-            self.command_server.close_in_child()
+        self.command_socket.close_in_child()
         self.health.close_in_child()
         self.saver.close_in_child()
         if self.metrics_server is not None:
@@ -290,10 +393,9 @@ class Master:
         if kind == "READY":
             self.worker_ready(worker)
         elif kind == "EVENT":
-            if self.command_server is not None:
-                self.command_server.publish_event(worker.id, message.get("data"))
-        elif "status" in message and self.command_server is not None:
-            self.command_server.on_worker_answer(worker, message)
+            self.command_socket.publish_event(worker.id, message.get("data"))
+        elif "status" in message:
+            self.fanout.on_answer(worker, message)
 
     def worker_ready(self, worker: WorkerProcess) -> None:
         if worker.state == "booting":
@@ -304,7 +406,7 @@ class Master:
         log.debug("worker %d ready", worker.id)
         if worker.replaces is not None:
             old, worker.replaces = worker.replaces, None
-            if old.pid in self.workers and old.state != "stopping":
+            if old.pid in self.processes and old.state != "stopping":
                 old.state = "stopping"
                 self._kill(old.pid, signal.SIGTERM)
         if worker.on_ready is not None:
@@ -318,14 +420,11 @@ class Master:
     def take_over(self) -> None:
         """Started by an upgrade, all our workers serve: the files and the command socket are
         ours now, and the previous generation may stop."""
-        from sozu.startup import write_pid_file
-        from sozu.upgrade import signal_ready
-        write_pid_file(self.config.pid_file_path)
+        pid_file.write(self.config.pid_file_path)
         # Before the old master may exit: systemd must know its new main process by then.
         self.told_ready = systemd.notify(f"MAINPID={os.getpid()}", "READY=1")
         self.last_generation = True
-        if self.command_server is not None:
-            self.command_server.register(self.selector)
+        self.command_socket.serve(self.selector, self.commands.handle)
         signal_ready(self.ready_fd)
         self.ready_fd = None
         if self.metrics_server is not None:
@@ -335,7 +434,7 @@ class Master:
         log.info("all workers serve: the previous generation may stop")
 
     def all_workers_serve(self) -> bool:
-        serving = {w.id for w in self.workers.values() if w.state == "running"}
+        serving = {w.id for w in self.processes.values() if w.state == "running"}
         return all(slot.id in serving for slot in self.slots.values() if slot.wanted)
 
     def send_to_worker(self, worker: WorkerProcess, message: dict, fds=()) -> bool:
@@ -364,7 +463,7 @@ class Master:
                 raise
             if pid == 0:
                 return
-            worker = self.workers.pop(pid, None)
+            worker = self.processes.pop(pid, None)
             if worker is None:
                 if self.provider is not None and self.provider.exited(pid, status):
                     continue
@@ -380,10 +479,9 @@ class Master:
     def worker_exited(self, worker: WorkerProcess, status: int) -> None:
         code = os.waitstatus_to_exitcode(status)
         how = _describe_exit(status)
-        if not any(w.id == worker.id for w in self.workers.values()):
+        if not any(w.id == worker.id for w in self.processes.values()):
             self.load_board.clear(worker.id)
-        if self.command_server is not None:
-            self.command_server.worker_gone(worker)
+        self.fanout.worker_gone(worker)
         if worker.on_ready is not None:
             worker.on_ready(f"the new worker exited before serving ({how})")
             worker.on_ready = None
@@ -417,13 +515,19 @@ class Master:
     def stop_worker(self, worker_id: int, how: str) -> None:
         """Stop one worker for good: its slot is not refilled."""
         slot = self.slots.get(worker_id)
-        targets = [w for w in self.workers.values() if w.id == worker_id and w.state != "stopping"]
+        targets = [w for w in self.processes.values() if w.id == worker_id and w.state != "stopping"]
         if slot is None or not targets:
             raise MessageError(f"no running worker with id {worker_id}")
         slot.wanted = False
         for worker in targets:
             worker.state = "stopping"
             self._kill(worker.pid, signal.SIGTERM if how == "soft" else signal.SIGINT)
+
+    def _refused(self, worker: WorkerProcess, kind: str, message: dict) -> None:
+        """A worker refused a change the master's state took: it is out of step with it."""
+        log.error("worker %d refused %s (%s): replacing it with one forked from the current state",
+                  worker.id, kind, message.get("message"))
+        self.replace_worker(worker)
 
     def replace_worker(self, worker: WorkerProcess) -> None:
         """A fresh worker, forked from the current state, replaces one that drains and exits."""
@@ -441,10 +545,10 @@ class Master:
         timeout = self.config.worker_heartbeat_timeout
         if now - self.last_ping >= timeout / 3:
             self.last_ping = now
-            for worker in list(self.workers.values()):
+            for worker in list(self.processes.values()):
                 if worker.state != "stopping":
                     self.send_to_worker(worker, {"id": "ping", "type": "PING"})
-        for worker in list(self.workers.values()):
+        for worker in list(self.processes.values()):
             if worker.state != "stopping" and now - worker.last_seen > timeout:
                 log.error("worker %d (pid %d) missed its heartbeat for %ds: killing it",
                           worker.id, worker.pid, timeout)
@@ -454,7 +558,6 @@ class Master:
     # -- upgrades ----------------------------------------------------------------------------
     def start_upgrade(self, on_done) -> None:
         """Re-execute the master (sozu.upgrade); on_done(error, new_pid) when it is decided."""
-        from sozu.upgrade import Upgrade
         if self.upgrade is not None:
             raise MessageError("an upgrade is already in progress")
         if self.stopping:
@@ -470,18 +573,31 @@ class Master:
                 self.retire(pid)
             on_done(error, pid)
 
-        upgrade = Upgrade(self, done)
+        sockets_env = self.listeners.handover()
+        if self.metrics_server is not None:
+            sockets_env.update(self.metrics_server.handover())
+        upgrade = Upgrade(self.state, sockets_env, self.command_socket.sock, self.generation + 1,
+                          self.selector_unregister, done)
         upgrade.start()
         self.upgrade = upgrade
         self.selector.register(upgrade.ready_fd, selectors.EVENT_READ, lambda mask: upgrade.on_readable())
+
+    def upgrade_on_signal(self) -> None:
+        """SIGUSR2: an upgrade nobody waits on; the log says how it went."""
+        def done(error, pid):
+            if error:
+                log.error("upgrade failed: %s", error)
+        try:
+            self.start_upgrade(done)
+        except MessageError as error:
+            log.error("upgrade refused: %s", error)
 
     def retire(self, new_pid: int) -> None:
         """A newer master serves: this generation drains and exits, leaving it the files."""
         log.info("upgrade: master %d (generation %d) serves; this generation drains and exits",
                  new_pid, self.generation + 1)
         self.last_generation = False
-        if self.command_server is not None:
-            self.command_server.stop_accepting()
+        self.command_socket.stop_accepting()
         if self.metrics_server is not None:
             self.metrics_server.stop_accepting()
         self.stop("soft")
@@ -489,10 +605,10 @@ class Master:
     def upgrade_worker(self, worker_id: int, on_done) -> None:
         """A new process for one worker slot; the old one drains once the new one serves."""
         slot = self.slots.get(worker_id)
-        olds = [w for w in self.workers.values() if w.id == worker_id and w.state != "stopping"]
+        olds = [w for w in self.processes.values() if w.id == worker_id and w.state != "stopping"]
         if slot is None or not olds:
             raise MessageError(f"no running worker with id {worker_id}")
-        if any(w.replaces is not None for w in self.workers.values() if w.id == worker_id):
+        if any(w.replaces is not None for w in self.processes.values() if w.id == worker_id):
             raise MessageError(f"worker {worker_id} is already being upgraded")
         new = self.spawn_worker(slot)
         if new is None:
@@ -509,31 +625,20 @@ class Master:
         except (KeyError, ValueError):
             log.debug("%s was not registered", fileobj)
 
-    # -- listeners added and removed at runtime ---------------------------------------------
-    # A removed listener's socket is only retired until the end of the request that removed it:
-    # when the same request adds the address again (a LOAD_STATE that changes a listener's
-    # settings), the socket is reused, because the workers still listen on their copies while
-    # the orders travel, and binding it anew would fail with "address in use".
-    def add_listener_socket(self, address: str) -> None:
-        if address not in self.sockets and address not in self.state.listeners:
-            retired = self.retired_sockets.pop(address, None)
-            self.sockets[address] = retired if retired is not None else listeners.bind(address)
-
-    def close_listener_socket(self, address: str) -> None:
-        sock = self.sockets.pop(address, None)
-        if sock is not None:
-            self.retired_sockets[address] = sock
-
-    def close_retired_sockets(self) -> None:
-        for sock in self.retired_sockets.values():
-            sock.close()
-        self.retired_sockets.clear()
-
-    def listener_fds(self, order) -> tuple[int, ...]:
-        """A listener added at runtime travels to the workers with the order that adds it."""
-        if order.type.startswith("ADD_") and order.type.endswith("_LISTENER"):
-            return (self.sockets[order.data["front"]].fileno(),)
-        return ()
+    def _apply_one(self, order: Order) -> None:
+        """One state order, with the listening socket it binds or retires (sozu.listeners)."""
+        try:
+            bound = self.listeners.before(order, self.state.listeners)
+        except OSError as error:
+            raise StateError(f"cannot listen on {order.data['front']}: {error.strerror or error}") from None
+        try:
+            self.state.dispatch(order)
+        except StateError:
+            if bound is not None:  # a refused order leaves no socket behind
+                self.listeners.retire(bound)
+            raise
+        self.orders_applied += 1
+        self.listeners.after(order)
 
     def query(self, order):
         """The master's own answer to a QUERY order, in the workers' shape, so that an operator
@@ -558,7 +663,7 @@ class Master:
             return
         self.health_changes += 1
         message = {"id": f"health-{next(self._health_ids)}", "type": "PROXY", "data": order.to_json()}
-        for worker in list(self.workers.values()):
+        for worker in list(self.processes.values()):
             if worker.state != "stopping":
                 self.send_to_worker(worker, message)
 
@@ -568,8 +673,6 @@ class Master:
         that cannot be bound is logged, and the proxy serves without it."""
         metrics = self.config.metrics
         address = metrics.prometheus
-        if self.command_server is None:
-            return
         if metrics.address is not None:
             self.statsd = StatsdSender(metrics.address, metrics.prefix, metrics.tagged_metrics,
                                        metrics.flush_interval, self.collect_metrics)
@@ -586,19 +689,20 @@ class Master:
             self.metrics_server.serve()
 
     def collect_metrics(self, on_done) -> None:
-        """on_done((the workers' merged snapshot, the master's own figures))."""
-        self.command_server.collect_metrics(
-            lambda data: on_done((data.get("total") or {}, self.figures())))
+        """on_done((the workers' merged snapshot, the master's own figures)) once every worker
+        answered or the command timeout passed (the Prometheus endpoint, statsd)."""
+        self.broadcast([Order("METRICS", None)], lambda answers, missing: on_done(
+            (worker_metrics(answers)["total"], self.figures())), request_id="metrics")
 
     def figures(self) -> dict:
         """What the master itself counts: workers, upgrades, orders, backend health."""
         by_state: dict[str, int] = {}
-        for worker in self.workers.values():
+        for worker in self.processes.values():
             by_state[worker.state] = by_state.get(worker.state, 0) + 1
         return {"workers_by_state": by_state,
                 "worker_restarts": sum(slot.restarts for slot in self.slots.values()),
                 "worker_upgrades": self.worker_upgrades,
-                "orders_applied": self.command_server.orders_applied if self.command_server else 0,
+                "orders_applied": self.orders_applied,
                 "health_changes": self.health_changes,
                 "generation": self.generation,
                 "backends": answer_query(self.state, {"type": "BACKENDS"})}
@@ -616,22 +720,18 @@ class Master:
             self.upgrade.fail(f"a {how} stop of the proxy was asked meanwhile")
         grace = self.config.shutdown_grace_period
         self.stop_deadline = time.monotonic() + (grace + 2 if how == "soft" else 2)
-        log.info("%s stop of %d workers", how, len(self.workers))
+        log.info("%s stop of %d workers", how, len(self.processes))
         sig = signal.SIGTERM if how == "soft" else signal.SIGINT
-        for worker in self.workers.values():
+        for worker in self.processes.values():
             worker.state = "stopping"
             self._kill(worker.pid, sig)
-        # The master's copies of the listening sockets go too (the workers close theirs): new
-        # connections are refused, not queued for nobody. A newer generation keeps its own.
-        for sock in self.sockets.values():
-            sock.close()
-        self.sockets.clear()
+        self.listeners.close_all()
 
     def finish_stop(self) -> bool:
-        if not self.workers:  # and a state file being written is waited for, within the deadline
+        if not self.processes:  # and a state file being written is waited for, within the deadline
             return not self.saver.busy or time.monotonic() > self.stop_deadline
         if time.monotonic() > self.stop_deadline:
-            for worker in self.workers.values():
+            for worker in self.processes.values():
                 log.warning("worker %d (pid %d) did not stop in time: killing it", worker.id, worker.pid)
                 self._kill(worker.pid, signal.SIGKILL)
             self.stop_deadline = time.monotonic() + 5

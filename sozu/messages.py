@@ -328,7 +328,7 @@ HEADER_ACTIONS = ("ADD", "SET", "REMOVE")
 # edit could make the message ambiguous to the next hop. Host is rewritten by `rewrite.host`.
 UNEDITABLE_HEADERS = frozenset(("content-length", "transfer-encoding", "connection", "host",
                                 "keep-alive", "te", "trailer", "upgrade", "proxy-connection"))
-# Headers sozu sets itself on the way (DESIGN.md §6): an edit would be overwritten or dropped.
+# Headers sozu sets itself on the way (docs/routing.md): an edit would be overwritten or dropped.
 OWN_REQUEST_HEADERS = frozenset(("x-forwarded-for", "x-forwarded-proto", "x-forwarded-port",
                                  "forwarded", "sozu-id", "expect"))
 OWN_RESPONSE_HEADERS = frozenset(("sozu-id",))

@@ -162,6 +162,13 @@ def merge(total: dict, snapshot: dict) -> dict:
     return total
 
 
+def worker_metrics(answers: dict) -> dict:
+    """The workers' METRICS answers (by worker id), as `sozuctl metrics` shows them: each
+    worker's snapshot and their aggregate."""
+    workers = {str(wid): a.get("data") or {} for wid, a in answers.items() if a.get("status") == "OK"}
+    return {"workers": workers, "total": aggregate(workers)}
+
+
 def aggregate(snapshots: dict[str, dict]) -> dict:
     """Sum the workers' snapshots; the request time histogram becomes its percentiles."""
     total: dict = {}

@@ -12,7 +12,10 @@ import os
 import resource
 import sys
 
-from sozu import listeners, logs
+from sozu import logs, pid_file
+from sozu.command_socket import CommandSocket
+from sozu.listeners import ListenerSockets
+from sozu.master import Master
 from sozu.messages import MessageError, load_orders
 from sozu.state import ConfigState, StateError
 
@@ -90,31 +93,6 @@ def _warn_over_file_max(total: int) -> None:
                     "system allows in all (fs.file-max = %d)", total, file_max)
 
 
-def bind_listeners(state: ConfigState) -> dict:
-    inherited = listeners.inherited()
-    os.environ.pop(listeners.ENV_FDS, None)
-    sockets = {}
-    for address in state.listeners:
-        sock = inherited.pop(address, None)
-        if sock is None:
-            try:
-                sock = listeners.bind(address)
-            except OSError as error:
-                raise StartupError(f"cannot listen on {address}: {error.strerror}") from None
-        sockets[address] = sock
-    for address, sock in inherited.items():  # handed over, but no longer configured
-        sock.close()
-    return sockets
-
-
-def write_pid_file(path: str | None) -> None:
-    if path:
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as file:
-            file.write(f"{os.getpid()}\n")
-        os.replace(tmp, path)
-
-
 def sandbox_plan(config):
     from sozu import sandbox
     try:
@@ -152,26 +130,13 @@ def start(config) -> int:
         state = build_state(config, handed_over)
         config = fit_fd_limit(config)
         plan = sandbox_plan(config)
-        sockets = bind_listeners(state)
-        from sozu.command_server import CommandServer
-        command_server = CommandServer.open(config)
+        listeners = ListenerSockets.open(state.listeners)
+        command_socket = CommandSocket.open(config)
     except (StartupError, StateError, MessageError, OSError) as error:
         print(f"sozu: {error}", file=sys.stderr)
         return 1
-    from sozu.master import Master
-    master = Master(config, state, sockets, generation=generation, sandbox_plan=plan, ready_fd=ready_fd)
-    command_server.attach(master)
-    master.command_server = command_server
+    master = Master(config, state, listeners, command_socket, generation=generation, sandbox_plan=plan,
+                    ready_fd=ready_fd)
     if ready_fd is None:  # after an upgrade, the new master writes it once it serves
-        write_pid_file(config.pid_file_path)
-    try:
-        return master.run()
-    finally:
-        if master.last_generation:
-            command_server.remove_socket_file()
-            if config.pid_file_path:
-                try:
-                    os.unlink(config.pid_file_path)
-                except FileNotFoundError:
-                    log.debug("pid file already removed")
-        log.info("master %d exits", os.getpid())
+        pid_file.write(config.pid_file_path)
+    return master.run()

@@ -105,7 +105,8 @@ def serve_after_proxy_header(serve, ctx, listener, sock, client_address) -> None
 # --- the connection greenlet ----------------------------------------------------------------------
 
 def serve(ctx, listener, sock, client_address) -> None:
-    """A tcp listener's connection: one of the three places where errors are caught."""
+    """A tcp listener's connection: its greenlet is the connection edge, where every error of
+    the connection ends (docs/architecture.md, "Errors")."""
     start = time.monotonic()
     client = client_address
     app_id = backend_address = "-"
@@ -152,7 +153,7 @@ def serve(ctx, listener, sock, client_address) -> None:
             ctx.metrics.incr("tcp_timeouts")
     except OSError as error:
         reason = f"failed: {error}"
-    except Exception:
+    except Exception:  # the connection edge: a bug ends this connection, never the worker
         log.exception("%s: unexpected error on a tcp connection", _ip(client))
         reason = "internal error"
     finally:

@@ -30,7 +30,8 @@ import signal
 import sys
 import time
 
-from sozu.listeners import ENV_FDS, encode_fds
+from sozu.command_socket import ENV_COMMAND_FD
+from sozu.listeners import ENV_FDS
 from sozu.messages import dump_orders
 from sozu.metrics_server import ENV_METRICS_FD
 
@@ -38,7 +39,6 @@ log = logging.getLogger("sozu.upgrade")
 
 ENV_STATE_FD = "SOZU_UPGRADE_STATE_FD"
 ENV_READY_FD = "SOZU_UPGRADE_READY_FD"
-ENV_COMMAND_FD = "SOZU_COMMAND_FD"
 ENV_GENERATION = "SOZU_GENERATION"
 HANDOVER_VARIABLES = (ENV_FDS, ENV_STATE_FD, ENV_READY_FD, ENV_COMMAND_FD, ENV_GENERATION,
                       ENV_METRICS_FD)
@@ -47,10 +47,18 @@ PIPE_CLOSED_GRACE = 2.0  # s: how long to wait for its exit status once its read
 
 
 class Upgrade:
-    """An upgrade in progress, as the old master sees it."""
+    """An upgrade in progress, as the old master sees it. It is given what it hands over: the
+    state, the environment that names the inherited sockets (the listeners', sozu.listeners;
+    the Prometheus endpoint's, sozu.metrics_server), the command socket and the new
+    generation's number."""
 
-    def __init__(self, master, on_done):
-        self.master = master
+    def __init__(self, state, sockets_env: dict[str, str], command_sock, generation: int,
+                 unregister, on_done):
+        self.state = state
+        self.sockets_env = sockets_env
+        self.command_sock = command_sock
+        self.generation = generation  # the new master's
+        self.unregister = unregister  # unregister(fd) from the master's selector
         self.on_done = on_done  # on_done(error: str | None, new_pid: int)
         self.pid: int | None = None
         self.ready_fd: int | None = None
@@ -60,25 +68,19 @@ class Upgrade:
         self.pipe_closed = False
 
     def start(self) -> None:
-        master = self.master
         state_fd = os.memfd_create("sozu-state", 0)  # not MFD_CLOEXEC: the new master reads it
-        os.write(state_fd, dump_orders(master.state.to_orders()))
+        os.write(state_fd, dump_orders(self.state.to_orders()))
         os.lseek(state_fd, 0, os.SEEK_SET)
         ready_r, ready_w = os.pipe()
         os.set_inheritable(ready_w, True)
-        command_sock = master.command_server.sock
+        command_sock = self.command_sock
         env = {k: v for k, v in os.environ.items() if k not in HANDOVER_VARIABLES}
         env.update({
-            ENV_FDS: encode_fds(master.sockets),
             ENV_COMMAND_FD: str(command_sock.fileno()),
             ENV_STATE_FD: str(state_fd),
             ENV_READY_FD: str(ready_w),
-            ENV_GENERATION: str(master.generation + 1),
-        })
-        if master.metrics_server is not None:
-            env.update(master.metrics_server.handover())
-        for sock in master.sockets.values():
-            sock.set_inheritable(True)
+            ENV_GENERATION: str(self.generation),
+        }, **self.sockets_env)
         command_sock.set_inheritable(True)
         argv = [sys.executable] + sys.orig_argv[1:]
         try:
@@ -88,7 +90,7 @@ class Upgrade:
             os.close(ready_w)
         os.set_blocking(ready_r, False)
         self.ready_fd = ready_r
-        log.info("upgrade: started the new master, pid %d (generation %d)", self.pid, master.generation + 1)
+        log.info("upgrade: started the new master, pid %d (generation %d)", self.pid, self.generation)
 
     def on_readable(self) -> None:
         try:
@@ -138,7 +140,7 @@ class Upgrade:
 
     def close(self) -> None:
         if self.ready_fd is not None:
-            self.master.selector_unregister(self.ready_fd)
+            self.unregister(self.ready_fd)
             os.close(self.ready_fd)
             self.ready_fd = None
 

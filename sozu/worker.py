@@ -50,6 +50,7 @@ from sozu.http.deadlines import Deadlines
 from sozu.http.edge import serve as serve_session
 from sozu.http2.connection import serve as serve_h2, serve_cleartext
 from sozu.lb import Balancer
+from sozu.listeners import WorkerSockets, is_listener_order
 from sozu.messages import MessageError, Order
 from sozu.metrics import Metrics
 from sozu.router import Router
@@ -102,7 +103,10 @@ class Worker:
         self.config = config
         self.state = state
         self.buffer_size = config.buffer_size
-        self.sockets = {address: _gevent_socket(sock) for address, sock in sockets.items()}
+        # This worker's copies of the listening sockets, each with its refuser, a plain
+        # non-blocking duplicate to refuse connections when every worker is full without going
+        # through the StreamServer and its pool (sozu.listeners).
+        self.listening = WorkerSockets(sockets, gsocket.socket)
         self.channel = WorkerChannel(gsocket.socket(fileno=channel_sock.detach()),
                                      config.max_command_message_size, gevent.lock.Semaphore())
         self.pool = gevent.pool.Pool(config.max_connections)
@@ -125,12 +129,6 @@ class Worker:
         self.stopped = gevent.event.Event()
         self.state_changed = False
         self.load_board = load_board
-        # Plain non-blocking copies of the listening sockets, to refuse connections when every
-        # worker is full without going through the StreamServer and its pool.
-        self.refusers = {address: stdsocket.socket(fileno=os.dup(sock.fileno()))
-                         for address, sock in self.sockets.items()}
-        for refuser in self.refusers.values():
-            refuser.setblocking(False)
         gevent.get_hub()  # the hub loads its modules lazily: before the sandbox hides them
 
     # -- what sessions read ------------------------------------------------------------------
@@ -164,18 +162,17 @@ class Worker:
             listener = self.state.listeners.get(address)
             if listener is None or not listener.active:
                 self.stop_listener(address)
-        for address in list(self.sockets):
-            if address not in self.state.listeners:  # removed: this worker's copies go
-                self.sockets.pop(address).close()
-                self.refusers.pop(address).close()
-                self.listener_infos.pop(address, None)
+        self.listening.forget(self.state.listeners)  # removed: this worker's copies go
+        for address in list(self.listener_infos):
+            if address not in self.state.listeners:
+                del self.listener_infos[address]
         if not self.draining:
             for address, listener in self.state.listeners.items():
                 if listener.active and address not in self.servers:
                     self.start_listener(address)
 
     def start_listener(self, address: str) -> None:
-        sock = self.sockets.get(address)
+        sock = self.listening.sockets.get(address)
         if sock is None:
             log.error("no socket for listener %s", address)
             return
@@ -189,7 +186,7 @@ class Worker:
         # The server gets its own duplicate of the listening fd, so that stop_listener() can
         # close() it: closing is what stops it for good (see there), and it closes only this copy.
         server = StreamServer(sock.dup(), handler, spawn=self.pool)
-        server.max_accept = 1  # fairness between workers sharing the socket (gunicorn#2266)
+        server.max_accept = 1  # one connection per wake-up: fair between the workers sharing the socket
         server.start()
         self.servers[address] = server
 
@@ -254,7 +251,7 @@ class Worker:
             data = self.execute(message)
         except (MessageError, StateError) as error:
             return {"id": request_id, "status": "ERROR", "message": str(error), "data": None}
-        except Exception as error:
+        except Exception as error:  # the worker's channel edge: a bug fails this order, not the worker
             log.exception("failed to apply %s", message.get("type"))
             return {"id": request_id, "status": "ERROR", "message": f"worker error: {error}", "data": None}
         return {"id": request_id, "status": "OK", "message": "", "data": data}
@@ -285,8 +282,8 @@ class Worker:
         elif order.type == "TEST_FORBIDDEN_CALL":  # exists only in tests (sozu.messages)
             return seccomp.forbidden_call(order.data)
         else:
-            if order.type.startswith("ADD_") and order.type.endswith("_LISTENER"):
-                self.adopt_listener(order.data["front"], message.get("fds", 0))
+            if is_listener_order(order):  # its socket came with it (sozu.listeners)
+                self.listening.adopt(order.data["front"], self.channel.take_fds(message.get("fds", 0)))
             self.state.dispatch(order)
             self.state_changed = True
         return None
@@ -304,17 +301,10 @@ class Worker:
                     app["backends"].setdefault(backend.address, {})["resting"] = 1
         return snapshot
 
-    def adopt_listener(self, address: str, fd_count: int) -> None:
-        fds = self.channel.take_fds(fd_count)
-        if fds:
-            self.sockets[address] = gsocket.socket(fileno=fds[0])
-            refuser = stdsocket.socket(fileno=os.dup(fds[0]))
-            refuser.setblocking(False)
-            self.refusers[address] = refuser
-
     # -- the connection limit ----------------------------------------------------------------
     def watch_capacity(self) -> None:
-        """Publish this worker's load; when every worker is full, refuse what waits (DESIGN §7)."""
+        """Publish this worker's load; when every worker is full, refuse what waits
+        (docs/architecture.md, "Connection limit")."""
         limit = self.config.max_connections
         while not self.draining:
             load = len(self.pool)
@@ -328,7 +318,7 @@ class Worker:
 
     def refuse_waiting(self) -> None:
         for address in self.servers:
-            refuser = self.refusers.get(address)
+            refuser = self.listening.refusers.get(address)
             info = self.listener_infos[address]
             for _ in range(REFUSE_BATCH):
                 try:
@@ -381,21 +371,12 @@ class Worker:
         log.info("soft stop: draining %d connections", len(self.pool))
         for address in list(self.servers):
             self.stop_listener(address)
-        self.close_listening_copies()
+        self.listening.close_all()
         self.close_idle()
         grace = self.config.shutdown_grace_period
         if not self.pool.join(timeout=grace):
             log.warning("grace period of %ss over: closing %d connections", grace, len(self.pool))
         self.stopped.set()
-
-    def close_listening_copies(self) -> None:
-        """Once no process holds a listening socket, new connections are refused at once instead
-        of waiting in its backlog for nobody: a draining worker closes its copies. close(), never
-        shutdown(): a newer generation holds copies of its own, and goes on accepting."""
-        for sock in list(self.sockets.values()) + list(self.refusers.values()):
-            sock.close()
-        self.sockets.clear()
-        self.refusers.clear()
 
     def close_idle(self) -> None:
         """Idle keep-alive connections end now; their clients retry elsewhere."""
@@ -453,10 +434,6 @@ def _drained(conn) -> bool:
     return False
 
 
-def _gevent_socket(sock):
-    return gsocket.socket(sock.family, sock.type, fileno=sock.detach())
-
-
 def main(worker_id: int, config, state, sockets: dict, channel_sock, sandbox_plan=None,
          load_board=None, metrics_enabled: bool = True) -> None:
     """Entry point in the forked child. Never returns: the worker exits here."""
@@ -476,7 +453,7 @@ def main(worker_id: int, config, state, sockets: dict, channel_sock, sandbox_pla
                 code = EXIT_SANDBOX_FAILED
                 return
         code = worker.run()
-    except BaseException:
+    except BaseException:  # the worker process edge: whatever ends it is logged, then the exit code
         log.exception("worker %d failed", worker_id)
         code = 1
     finally:

@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `sozuctl metrics | head`: no complaint at exit either
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_ERROR
-    except Exception as e:  # the edge: one line, never a traceback
+    except Exception as e:  # sozuctl's edge: one line, never a traceback
         _error(f"internal error: {type(e).__name__}: {e}")
         return EXIT_ERROR
 

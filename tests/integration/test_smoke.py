@@ -25,6 +25,6 @@ def test_unknown_host_is_404_with_connection_close(proxy):
 
 
 def test_import_of_master_leaves_gevent_out():
-    code = "import sys, sozu.master, sozu.command_server, sozu.startup; print('gevent' in sys.modules)"
+    code = "import sys, sozu.master, sozu.commands, sozu.command_socket, sozu.fanout, sozu.startup; print('gevent' in sys.modules)"
     out = subprocess.run([PYTHON, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

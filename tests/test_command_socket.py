@@ -1,8 +1,8 @@
-"""The command server's client connection, without a master: what it does with an answer that
+"""The command socket's client connection, without a master: what it does with an answer that
 cannot be sent."""
 import socket
 
-from sozu.command_server import Client
+from sozu.command_socket import Client
 
 
 def test_an_answer_that_is_not_json_closes_its_client_instead_of_raising():
