@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import os
+import select
+import signal
 import stat
+import time
 
 import pytest
 
@@ -112,3 +115,32 @@ def test_the_file_is_fsynced_before_the_rename_and_the_directory_after(tmp_path,
     monkeypatch.setattr(os, "replace", lambda a, b: (steps.append("rename"), real_replace(a, b)))
     write_atomically(str(path), b"state\n")
     assert steps == ["fsync file", "rename", "fsync dir"] and path.read_bytes() == b"state\n"
+
+
+def test_a_child_stuck_on_the_disk_holds_nothing_up_and_killed_leaves_the_old_file(tmp_path, monkeypatch):
+    """The child blocks in its fsync (a disk that never answers): save() has returned at once;
+    killed there, the child leaves the previous file whole, and its end is reported."""
+    path = tmp_path / "state.json"
+    path.write_bytes(b"old state\n")
+    parent, stuck_r, stuck_w = os.getpid(), *os.pipe()
+
+    def fsync(fd):
+        if os.getpid() != parent:
+            os.write(stuck_w, b"x")
+            time.sleep(60)
+    monkeypatch.setattr(os, "fsync", fsync)
+    saver, results = StateSaver(None), []
+    saver.save(state_with("a"), str(path), lambda error, orders: results.append(error))
+    [pid] = saver.saves
+    try:
+        ready, _, _ = select.select([stuck_r], [], [], 10)
+        assert ready, "the child did not reach its fsync"
+        assert results == [] and saver.busy
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(stuck_r)
+        os.close(stuck_w)
+    saver.child_exited(pid, "signal SIGKILL")
+    assert results == ["the saving process ended without a word (signal SIGKILL)"]
+    assert path.read_bytes() == b"old state\n"
