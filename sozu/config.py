@@ -30,9 +30,9 @@ from sozu import address as addresses, log_filter
 from sozu.http import answers
 from sozu.messages import MessageError, Order, health_check, normalize_hostname
 from sozu.state import front_rule
-from sozu.vocabulary import (ALPN_PROTOCOLS, DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_POLICY, DEFAULT_STICKY_NAME,
-                             LISTENER_TIMEOUTS, MAX_CONCURRENT_STREAMS, POLICY_BY_LOWER_NAME,
-                             TLS_VERSIONS)
+from sozu.vocabulary import (ALPN_PROTOCOLS, DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_POLICY,
+                             DEFAULT_STICKY_NAME, DEFAULT_WEIGHT, LISTENER_TIMEOUTS,
+                             MAX_CONCURRENT_STREAMS, MAX_WEIGHT, POLICY_BY_LOWER_NAME, TLS_VERSIONS)
 from sozu.seccomp import ACTIONS as SECCOMP_ACTIONS
 
 _TIMEOUT = LISTENER_TIMEOUTS
@@ -116,7 +116,7 @@ class FrontendConfig:
 class BackendConfig:
     address: str
     backend_id: str
-    weight: int = 100
+    weight: int = DEFAULT_WEIGHT
     sticky_id: str | None = None
     backup: bool = False
 
@@ -186,7 +186,7 @@ class Config:
     command_socket: str                # absolute
     saved_state: str | None = None
     automatic_state_save: bool = False
-    log_level: str = "info"
+    log_level: str = log_filter.DEFAULT_LEVEL
     log_target: str = "stdout"         # stdout | stderr | file:///absolute/path
     log_access_target: str = "stdout"  # the same, or off
     log_access_format: str = "text"    # text | json (one object per line)
@@ -873,7 +873,7 @@ def _parse_backend(app: _Table, index: int, item, app_id: str, owners: _Owners) 
         address=table.address("address", connectable=True),
         backend_id=table.string("backend_id", f"{app_id}-{index}", pattern=_NO_CONTROL,
                                 expected="a backend id without control characters"),
-        weight=table.integer("weight", 0, 1000),
+        weight=table.integer("weight", 0, MAX_WEIGHT),
         sticky_id=table.string("sticky_id", pattern=_COOKIE_VALUE,
                                expected="a cookie value (no spaces, quotes, ',', ';' or '\\')"),
         backup=table.boolean("backup"))

@@ -57,8 +57,8 @@ from __future__ import annotations
 import random
 from typing import Any, Collection, Iterable, Iterator, Mapping
 
-from sozu.vocabulary import DEFAULT_POLICY, POLICIES, POLICY_BY_LOWER_NAME
-DEFAULT_WEIGHT = 100
+from sozu.vocabulary import DEFAULT_POLICY, DEFAULT_WEIGHT, POLICIES, POLICY_BY_LOWER_NAME
+
 BACKOFF_FIRST = 1.0  # seconds of rest after the first consecutive failure
 BACKOFF_MAX = 30.0
 

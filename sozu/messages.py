@@ -24,8 +24,9 @@ from typing import Any, Callable, Iterable
 
 from sozu import address as addresses, log_filter
 from sozu.vocabulary import (ALPN_PROTOCOLS, DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_POLICY,
-                             DEFAULT_STICKY_NAME, LISTENER_TIMEOUTS, MAX_CONCURRENT_STREAMS, POLICIES,
-                             INSECURE_TLS_SPELLINGS, TLS_VERSION_SPELLINGS, TLS_VERSIONS)
+                             DEFAULT_STICKY_NAME, DEFAULT_WEIGHT, INSECURE_TLS_SPELLINGS,
+                             LISTENER_TIMEOUTS, MAX_CONCURRENT_STREAMS, MAX_WEIGHT, POLICIES,
+                             TLS_VERSION_SPELLINGS, TLS_VERSIONS)
 
 from sozu.http import answers
 
@@ -549,7 +550,7 @@ _BACKEND = _object({
     "address": (_address, _req),
     "sticky_id": (_optional(_cookie_value), None),
     "load_balancing_parameters": (
-        _optional(_object({"weight": (_int_range(0, 1000), 100)})), None),
+        _optional(_object({"weight": (_int_range(0, MAX_WEIGHT), DEFAULT_WEIGHT)})), None),
     "backup": (_bool, False),
 })
 _BACKEND_REF = _object({

@@ -29,6 +29,10 @@ TCP_LISTENER_TIMEOUTS = {name: LISTENER_TIMEOUTS[name]
 
 DEFAULT_STICKY_NAME = "SOZUBALANCEID"
 
+# A backend's share of its application's traffic, when neither the file nor the order sets it.
+DEFAULT_WEIGHT = 100
+MAX_WEIGHT = 1000
+
 # What an https listener offers by ALPN, preferred first, unless it sets `alpn`; and the HTTP/2
 # streams a client may have open at once on one connection (each may hold a backend connection).
 ALPN_PROTOCOLS = ("h2", "http/1.1")
