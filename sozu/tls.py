@@ -27,10 +27,16 @@ sends nothing holds its slot no longer.
 Defaults: TLS 1.2 and 1.3 only; TLS 1.2 ciphers with forward secrecy and AEAD only (ECDHE with
 AES-GCM or ChaCha20-Poly1305); no compression, no renegotiation; ALPN `h2` then `http/1.1`
 (the listener's `alpn` list, in the server's order of preference: a client that offers none of
-them, or no ALPN at all, speaks HTTP/1.1). Sessions are
-resumed from a per-worker cache (session ids for TLS 1.2, stateful tickets for TLS 1.3):
-stateless tickets are off because their key would live as long as the worker and undo forward
-secrecy for TLS 1.2.
+them, or no ALPN at all, speaks HTTP/1.1).
+
+Sessions are resumed from stateless tickets, sealed with a key of the listener's session
+context, which is replaced by a new one (a new random key) every TICKET_KEY_LIFETIME: a ticket
+key that leaked would open the TLS 1.2 sessions of that hour only (TLS 1.3 resumes with a fresh
+ECDHE, psk_dhe_ke). OpenSSL's server-side session cache is off: it keeps about 2.3 KiB per new
+session for SESSION_TIMEOUT, up to 20,480 sessions, so a flood of new TLS clients grew a worker
+by up to 47 MiB (6,000 handshakes: +14 MiB with the cache, +1 MiB with tickets), and pyOpenSSL
+can neither bound nor flush it. Tickets are per worker, as that cache was: a client that
+reconnects to another worker does a full handshake.
 """
 from __future__ import annotations
 
@@ -56,13 +62,14 @@ DEFAULT_CIPHER_LIST = ":".join((
     "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
 ))
 TLS13_CIPHERSUITES = b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
-SESSION_TIMEOUT = 300  # s, like nginx's ssl_session_timeout
+SESSION_TIMEOUT = 300  # s a ticket is valid, like nginx's ssl_session_timeout
+TICKET_KEY_LIFETIME = 3600  # s a listener's ticket key seals new tickets (see the docstring)
 RECORD_SIZE = 16384  # plaintext bytes per TLS record: the unit of sendall
 # OP_IGNORE_UNEXPECTED_EOF: a client that closes without close_notify (most do) is an end of
-# stream, not a fatal error, so its session stays in the cache (OpenSSL drops the session of a
-# connection that failed). HTTP framing, not TLS, tells a truncated request.
+# stream, not a fatal error. HTTP framing, not TLS, tells a truncated request. No OP_NO_TICKET:
+# tickets are how sessions resume (see the docstring).
 _OPTIONS = (SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_CIPHER_SERVER_PREFERENCE
-            | SSL.OP_NO_TICKET | SSL.OP_SINGLE_ECDH_USE | SSL.OP_IGNORE_UNEXPECTED_EOF)
+            | SSL.OP_SINGLE_ECDH_USE | SSL.OP_IGNORE_UNEXPECTED_EOF)
 
 
 def check_order(order) -> None:
@@ -113,7 +120,7 @@ def _new_context(config: dict, session_id: bytes = b"sozu") -> SSL.Context:
     context.set_tls13_ciphersuites(TLS13_CIPHERSUITES)
     context.set_alpn_select_callback(_alpn_selector(config.get("alpn") or ALPN_PROTOCOLS))
     context.set_session_id(session_id)
-    context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+    context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     context.set_timeout(SESSION_TIMEOUT)
     return context
 
@@ -139,8 +146,7 @@ class ListenerContexts:
         # One session id context for all of the listener's contexts: a session stays resumable
         # whichever certificate the SNI callback picked.
         self.session_id = hashlib.sha256(address.encode()).digest()[:16]
-        self.session_context = _new_context(config, self.session_id)
-        self.session_context.set_tlsext_servername_callback(self._on_servername)
+        self._new_session_context()
         self.served: dict[str, _Served] = {}
         self.unusable: set[str] = set()  # refused by OpenSSL: logged once, not retried
         self.order: list[str] = []  # fingerprints, the default first
@@ -217,7 +223,17 @@ class ListenerContexts:
         if context is not None:
             connection.set_context(context)
 
+    def _new_session_context(self) -> None:
+        """The context every handshake starts in: its SNI callback, and the ticket key (OpenSSL
+        seals and opens tickets with the key of the context a connection was made from, whatever
+        certificate's context the SNI callback moves it to)."""
+        self.session_context = _new_context(self.config, self.session_id)
+        self.session_context.set_tlsext_servername_callback(self._on_servername)
+        self.session_context_since = time.monotonic()
+
     def connection(self) -> SSL.Connection:
+        if time.monotonic() - self.session_context_since >= TICKET_KEY_LIFETIME:
+            self._new_session_context()  # the old one lives as long as its connections
         connection = SSL.Connection(self.session_context, None)  # memory BIOs
         connection.set_accept_state()
         return connection

@@ -306,7 +306,8 @@ def test_a_trickling_client_is_cut_at_the_deadline_too(listener):
     b.close()
 
 
-def test_sessions_are_resumed(ca, listener):
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_sessions_are_resumed(ca, listener, version):
     sessions = []
 
     def client(sock):
@@ -318,10 +319,29 @@ def test_sessions_are_resumed(ca, listener):
             sessions.append(s.session)
             return s.session_reused
 
-    client.context = _client_context(ca)
+    client.context = _client_context(ca, maximum_version=version)
     _handshake(listener, client, "default.test", data=b"x")
     _, result = _handshake(listener, client, "default.test", data=b"x")
     assert result.get("value") is True, result
+
+
+def test_a_new_ticket_key_every_ticket_key_lifetime(ca, listener):
+    sessions = []
+
+    def client(sock):
+        with client.context.wrap_socket(sock, server_hostname="sni.test",
+                                        session=sessions[-1] if sessions else None) as s:
+            s.settimeout(5)
+            s.recv(10)  # TLS 1.3 sends its session ticket after the handshake
+            sessions.append(s.session)
+            return s.session_reused
+
+    client.context = _client_context(ca)
+    assert _handshake(listener, client, "sni.test", data=b"x")[1]["value"] is False
+    assert _handshake(listener, client, "sni.test", data=b"x")[1]["value"] is True
+    listener.session_context_since -= tls.TICKET_KEY_LIFETIME  # an hour later
+    assert _handshake(listener, client, "sni.test", data=b"x")[1]["value"] is False
+    assert _handshake(listener, client, "sni.test", data=b"x")[1]["value"] is True
 
 
 def test_a_certificate_openssl_refuses_is_skipped_once_and_the_others_served(ca, caplog):
