@@ -42,19 +42,19 @@ from dataclasses import dataclass, field
 from sozu import pid_file, seccomp, systemd, tls
 from sozu.capacity import LoadBoard
 from sozu.channel import ChannelClosed, MasterChannel
+from sozu.commands import Commands
+from sozu.fanout import Fanout
 from sozu.health.checker import HealthChecker
 from sozu.listeners import ListenerSockets
+from sozu.messages import MessageError, Order
+from sozu.metrics import worker_metrics
 from sozu.metrics_server import MetricsServer, listening_socket
-from sozu.provider.child import ProviderChild
 from sozu.prometheus import render as render_prometheus
+from sozu.provider.child import ProviderChild
+from sozu.state import StateError, answer_query, backend_health
 from sozu.state_saver import StateSaver
 from sozu.statsd import StatsdSender
 from sozu.upgrade import Upgrade, signal_ready
-from sozu.commands import Commands
-from sozu.fanout import Fanout
-from sozu.messages import MessageError, Order
-from sozu.metrics import worker_metrics
-from sozu.state import StateError, answer_query, backend_health
 
 log = logging.getLogger("sozu.master")
 
