@@ -13,13 +13,13 @@ reset can destroy the answer before the client has read it.
 from __future__ import annotations
 
 import logging
-import time
 
 from gevent import socket
 
 from sozu.http import answers
 from sozu.http.exchange import Aborted, Answer, ClientGone, Exchange
 from sozu.http.session import CLOSING, HttpSession
+from sozu.http.sockio import linger
 
 log = logging.getLogger("sozu.http")
 
@@ -55,7 +55,7 @@ def serve(ctx, listener, sock, client_address) -> None:
         try:
             session.finish_exchange()
             if session.body_unread:
-                _linger(sock)
+                linger(sock, LINGER_SECONDS)
         except Exception:  # still the edge: a bug in the closing steps must not skip the close
             log.exception("%s: unexpected error while closing the connection", session.describe())
         sock.close()
@@ -81,16 +81,3 @@ def _send_error(session, status: int, data: bytes) -> None:
     session.body_unread = True  # after an error, whatever the client still sends is unread
 
 
-def _linger(sock) -> None:
-    """Half-close, then read and drop what the client still sends, for LINGER_SECONDS at most:
-    closing with unread input makes the kernel reset the connection, and the reset can destroy
-    the answer before the client has read it (nginx's lingering_close)."""
-    try:
-        sock.shutdown(socket.SHUT_WR)
-        deadline = time.monotonic() + LINGER_SECONDS
-        while (remaining := deadline - time.monotonic()) > 0:
-            sock.settimeout(remaining)
-            if not sock.recv(65536):
-                return
-    except OSError:
-        pass  # the client is gone, or too slow to go: it had its answer

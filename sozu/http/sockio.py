@@ -2,6 +2,9 @@
 that stand in for a client socket (worker only, gevent)."""
 from __future__ import annotations
 
+import socket
+import time
+
 
 def wait_readable(sock) -> None:
     """Wait until sock can be read, where nothing can have arrived yet. gevent's recv would try
@@ -30,6 +33,21 @@ def send_all(sock, data, more=b"") -> None:
         sent = len(data)
     if sent < len(data) + len(more):
         sock.sendall(memoryview(more)[sent - len(data):])
+
+
+def linger(sock, seconds: float) -> None:
+    """Half-close, then read and drop what the client still sends, for `seconds` at most:
+    closing with unread input makes the kernel reset the connection, and the reset can destroy
+    the last answer (an error, a GOAWAY) before the client has read it (nginx's lingering_close)."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            sock.settimeout(remaining)
+            if not sock.recv(65536):
+                return
+    except OSError:
+        pass  # the client is gone, or too slow to go: it had its answer
 
 
 class StreamSocketCalls:

@@ -55,8 +55,8 @@ from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
 
 from sozu.http.parser import ProtocolError
-from sozu.http.edge import serve as serve_exchange
-from sozu.http.sockio import StreamSocketCalls
+from sozu.http.edge import LINGER_SECONDS, serve as serve_exchange
+from sozu.http.sockio import StreamSocketCalls, linger
 from sozu.http2.preface import PREFACE, is_preface
 from sozu.http2.protocol import (Body, ConnectionAbort, Http2Protocol, Request, Reset,
                                  ResponseTranslator, Truncated, WindowOpened)
@@ -224,6 +224,7 @@ class Http2Connection:
                 ctx.metrics.incr("http2_connection_errors")
                 log.info("%s: HTTP/2 connection closed: %s", self.client_ip, abort)
                 self.flush()
+                linger(self.sock, LINGER_SECONDS)  # the rest of a flood must not reset the GOAWAY
                 return
             starting = [self.act(action) for action in actions]
             for stream in starting:
