@@ -4,6 +4,8 @@ spreads over two.
     .venv/bin/python bench/worker_load.py profile [--scenario small] [--seconds 8]
     .venv/bin/python bench/worker_load.py spread  [--scenario small] [--seconds 8]
     .venv/bin/python bench/worker_load.py idle    [--connections 2000]
+    .venv/bin/python bench/worker_load.py cost    [--scenario small] [--seconds 8]
+    .venv/bin/python bench/worker_load.py syscalls [--scenario small] [--seconds 8]
 
 Both start a backend nginx (proxybench's configuration and bodies), sozu from this tree and wrk.
 `profile` runs one worker (all the load on the process profiled), samples it with `py-spy
@@ -11,6 +13,11 @@ record` (PyPI; found next to this interpreter or on PATH) and prints the functio
 inclusive time. `spread` runs two workers and prints, per worker, the connections it accepted,
 the requests it served and the CPU it used while wrk ran. `idle` runs one worker and prints its
 RSS when idle, then with that many keep-alive client connections idle after one request each.
+`cost` runs one worker and prints the CPU it used per request while wrk ran (its own CPU time
+over the requests it counted): on a shared machine a steadier figure than requests/s, which
+follows what else runs; compare interleaved runs of two trees. `syscalls` runs one worker and
+counts its system calls with `strace -c` for half of the load (strace slows the worker down,
+not the count of what it calls): per request, a figure that other jobs do not move.
 """
 import argparse
 import collections
@@ -196,6 +203,46 @@ def spread(scenario: str, seconds: int) -> None:
         stack.close()
 
 
+def cost(scenario: str, seconds: int) -> None:
+    stack = Stack(1)
+    try:
+        pid = stack.workers[0]
+        stack.wrk(scenario, 1).communicate()  # warm: connections pooled, code paths run once
+        before, was = requests_served(stack.socket_path), cpu_seconds(pid)
+        out, _ = stack.wrk(scenario, seconds).communicate()
+        used, requests = cpu_seconds(pid) - was, requests_served(stack.socket_path) - before
+        print(f"# one sozu worker under wrk ({scenario}: {SCENARIOS[scenario]}), {seconds} s; {rate(out)}")
+        print(f"{requests} requests, worker CPU {used:.2f} s: {used / requests * 1e6:.1f} us/request")
+    finally:
+        stack.close()
+
+
+def requests_served(socket_path: str) -> int:
+    return sum(data.get("requests", 0) for data in worker_metrics(socket_path).values())
+
+
+def syscalls(scenario: str, seconds: int) -> None:
+    stack = Stack(1)
+    try:
+        load = stack.wrk(scenario, seconds)
+        time.sleep(1)
+        before = requests_served(stack.socket_path)
+        traced = subprocess.run(["timeout", "-s", "INT", str(max(seconds // 2, 1)), "strace", "-c", "-f",
+                                 "-p", str(stack.workers[0])], capture_output=True, text=True)
+        requests = requests_served(stack.socket_path) - before
+        out, _ = load.communicate()
+        print(f"# one sozu worker under wrk ({scenario}: {SCENARIOS[scenario]}), strace -c for "
+              f"{max(seconds // 2, 1)} s of {seconds} s: {requests} requests")
+        print("calls/request  errors/request  syscall")
+        for line in traced.stderr.splitlines():
+            fields = line.split()
+            if len(fields) >= 5 and fields[0][0].isdigit() and fields[-1] != "total":
+                calls, errors = int(fields[3]), int(fields[4]) if len(fields) == 6 else 0
+                print(f"{calls / requests:13.2f}  {errors / requests:14.2f}  {fields[-1]}")
+    finally:
+        stack.close()
+
+
 def rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
@@ -234,7 +281,7 @@ def idle(connections: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=("profile", "spread", "idle"))
+    parser.add_argument("mode", choices=("profile", "spread", "idle", "cost", "syscalls"))
     parser.add_argument("--scenario", default="small", choices=SCENARIOS)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--connections", type=int, default=2000)
@@ -242,7 +289,8 @@ def main() -> None:
     if args.mode == "idle":
         idle(args.connections)
     else:
-        (profile if args.mode == "profile" else spread)(args.scenario, args.seconds)
+        modes = {"profile": profile, "spread": spread, "cost": cost, "syscalls": syscalls}
+        modes[args.mode](args.scenario, args.seconds)
 
 
 if __name__ == "__main__":
