@@ -6,7 +6,7 @@
 
 For each corpus case: does llhttp alone accept it (the head and any body parsed, no error), and
 does that agree with the corpus' expected outcome? An invalid case llhttp accepts is one where
-llhttp is more lenient than the contract (DESIGN.md §6) and sozu checks on top of it; a valid
+llhttp is more lenient than the contract (tests/http/requests) and sozu checks on top of it; a valid
 case llhttp rejects is one where it is stricter than the contract, and sozu's parser decides by
 the contract's grammar (the theory of operation of sozu.http.parser). tests/http/test_corpus.py
 checks that sozu's parser gives every case its expected outcome.

@@ -1,4 +1,4 @@
-"""The long soak of issue #4 (`make soak`), with real processes, printing its figures:
+"""The long soak (`make soak`), with real processes, printing its figures:
 
 1. 10 upgrades in a row while a keep-alive client, a new-connection-per-request client and a
    slow keep-alive client run: failed requests (must be 0), idle reconnects and retries (allowed,

@@ -45,7 +45,7 @@ def serve(ctx, listener, sock, client_address) -> None:
         log.debug("%s: connection ended: %s", session.describe(), gone)
     except Aborted as aborted:
         log.warning("%s: response aborted: %s", session.describe(), aborted)
-    except Exception:
+    except Exception:  # the connection edge (docs/architecture.md, "Errors"): never the worker
         _close(session)
         log.exception("%s: unexpected error; the connection is closed", session.describe())
         if not session.response_started:

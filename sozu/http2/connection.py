@@ -397,7 +397,7 @@ def serve(ctx, listener, sock, client_address) -> None:
         connection.run()
     except OSError as error:
         log.debug("%s: HTTP/2 connection ended: %s", connection.client_ip, error)
-    except Exception:
+    except Exception:  # the connection edge (docs/architecture.md, "Errors"): never the worker
         log.exception("%s: unexpected error; the HTTP/2 connection is closed", connection.client_ip)
     finally:
         ctx.idle_sockets.discard(connection)

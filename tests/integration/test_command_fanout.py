@@ -1,4 +1,4 @@
-"""Fan-out of orders to the workers, with real processes (issue #3, point 3 and the load test).
+"""Fan-out of orders to the workers, with real processes (docs/architecture.md, "Life of an order").
 
 The master validates an order against its state, sends it to every running worker and answers OK
 only when all of them applied it; a worker that is silent past ctl_command_timeout is reported,

@@ -1,5 +1,5 @@
-"""Every order of DESIGN.md §5, sent on the real command socket, checked where a user sees it:
-in what the proxy serves, in the workers' answers, in the logs (issue #3, point 4)."""
+"""Every order of docs/orders.md, sent on the real command socket, checked where a user sees it:
+in what the proxy serves, in the workers' answers, in the logs."""
 from __future__ import annotations
 
 import http.client

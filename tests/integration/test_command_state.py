@@ -1,4 +1,4 @@
-"""Saved state with real processes (issue #3, point 2): SAVE_STATE writes Sozu's `JSON\\n\\0`
+"""Saved state with real processes (docs/architecture.md, "State files"): SAVE_STATE writes Sozu's `JSON\\n\\0`
 format atomically, LOAD_STATE applies only the difference, `saved_state` is loaded at start and
 `automatic_state_save` rewrites it after every change."""
 from __future__ import annotations

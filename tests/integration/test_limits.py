@@ -1,4 +1,4 @@
-"""The connection limit (DESIGN.md §7, issue #4.2) and the file-descriptor limit at start."""
+"""The connection limit (docs/architecture.md, "Connection limit") and the file-descriptor limit at start."""
 from __future__ import annotations
 
 import http.client

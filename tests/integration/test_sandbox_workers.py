@@ -1,4 +1,4 @@
-"""The sandbox of real workers, read from the outside in /proc (issue #4.5). Needs root, as CI
+"""The sandbox of real workers, read from the outside in /proc. Needs root, as CI
 has: a user switch and a chroot are only applied when sozu starts as root."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Shutdown (DESIGN.md §8, issue #4.3): soft (`sozuctl shutdown`, SIGTERM) finishes what is in
+"""Shutdown: soft (`sozuctl shutdown`, SIGTERM) finishes what is in
 flight within the grace period; hard (`--hard`, SIGINT) is immediate; `--worker N` stops one
 worker for good; the last generation removes the socket and pid files."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Slow clients cannot pin a worker (issue #4.6): slowloris (a request head sent a few bytes at a
+"""Slow clients cannot pin a worker: slowloris (a request head sent a few bytes at a
 time, forever) and slow readers (a large answer never read) against ONE worker, while a normal
 client keeps being served. The 1,000-connection slowhttptest run is in bench/soak.py."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""sozuctl against a real proxy (issue #3, point 5): every command of DESIGN.md §3 with Sozu's
+"""sozuctl against a real proxy: every sozuctl command with Sozu's
 short flags, human tables and --json, exit status 0 / 1 / 2, and never a traceback."""
 from __future__ import annotations
 

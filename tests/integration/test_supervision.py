@@ -1,4 +1,4 @@
-"""Supervision (issue #4.4): the master replaces dead and stuck workers, with the current state,
+"""Supervision: the master replaces dead and stuck workers, with the current state,
 and backs off from a worker that cannot boot; `sozuctl status` shows states and restarts."""
 from __future__ import annotations
 

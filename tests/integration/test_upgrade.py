@@ -1,4 +1,4 @@
-"""Upgrade without downtime (DESIGN.md §8, issue #4.1), with real masters, workers and clients.
+"""Upgrade without downtime (docs/architecture.md, "Upgrade"), with real masters, workers and clients.
 
 After an upgrade, `Sozu.process` is the first master, which has exited: the current master is
 the one LIST_WORKERS names (and the pid file). Every generation is spawned in the first master's
