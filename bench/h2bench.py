@@ -8,8 +8,7 @@ HTTP/2 connection costs each of them.
 Scenarios: 1 and 100 concurrent streams per connection (h2load -m 1 / -m 100). Both proxies
 get the same number of workers (--workers, 2). Each round runs sozu then nginx; the figures are
 medians over rounds. Memory: --idle connections (TLS, HTTP/2 preface, one answered request),
-left open, and the workers' total RSS before and after, divided by their number; measured on
-the first round's fresh proxy, before its load.
+left open, and the proxy's total RSS before and after, divided by their number.
 Prints a table; ratios are sozu / nginx. Quote ratios, and say how quiet the machine was.
 """
 from __future__ import annotations
@@ -204,18 +203,16 @@ def main() -> None:
                     try:
                         wait_port(port)
                         time.sleep(1)
+                        for streams in (1, 100):
+                            rate = h2load(port, streams, args.connections, args.duration)
+                            results.setdefault((proxy, f"{streams} stream(s)/conn"), []).append(rate)
+                            print(f"round {round_number + 1} {proxy} -m {streams}: {rate:.0f} req/s", file=sys.stderr)
                         if round_number == 0:
-                            # On a fresh proxy, before any load: after one, the heaps of both
-                            # have grown to the load's size and hold idle connections for free.
                             def pids(process=process):
                                 workers = children(process.pid)
                                 return workers + [w for p in workers for w in children(p)]
                             kib = memory_per_connection(port, pids, args.idle)
                             results.setdefault((proxy, "KiB per idle h2 connection"), []).append(kib)
-                        for streams in (1, 100):
-                            rate = h2load(port, streams, args.connections, args.duration)
-                            results.setdefault((proxy, f"{streams} stream(s)/conn"), []).append(rate)
-                            print(f"round {round_number + 1} {proxy} -m {streams}: {rate:.0f} req/s", file=sys.stderr)
                     finally:
                         stop(process)
         finally:
