@@ -32,7 +32,8 @@ from sozu.messages import MessageError, Order, health_check, normalize_hostname
 from sozu.state import front_rule
 from sozu.vocabulary import (ALPN_PROTOCOLS, DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_POLICY,
                              DEFAULT_STICKY_NAME, DEFAULT_WEIGHT, LISTENER_TIMEOUTS,
-                             MAX_CONCURRENT_STREAMS, MAX_WEIGHT, POLICY_BY_LOWER_NAME, TLS_VERSIONS)
+                             MAX_CONCURRENT_STREAMS, MAX_WEIGHT, POLICY_BY_LOWER_NAME, TLS_VERSION_SPELLINGS,
+                             TLS_VERSIONS)
 from sozu.seccomp import ACTIONS as SECCOMP_ACTIONS
 
 _TIMEOUT = LISTENER_TIMEOUTS
@@ -702,9 +703,11 @@ def _tls_versions(table: _Table) -> tuple[str, ...]:
         return TLS_VERSIONS
     expected = "a non-empty array of " + ", ".join(f'"{v}"' for v in TLS_VERSIONS)
     value = table.array("tls_versions", expected)
-    if not value or len(set(map(str, value))) != len(value) or not all(v in TLS_VERSIONS for v in value):
+    # The spellings orders take (sozu.vocabulary): one grammar for the file and the orders.
+    versions = [TLS_VERSION_SPELLINGS.get(v.lower()) if isinstance(v, str) else None for v in value]
+    if not value or None in versions or len(set(versions)) != len(versions):
         raise table.error("tls_versions", "invalid value", value, expected)
-    return tuple(value)
+    return tuple(version for version in TLS_VERSIONS if version in versions)
 
 
 def _alpn(table: _Table) -> tuple[str, ...]:

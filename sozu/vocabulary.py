@@ -14,7 +14,7 @@ POLICY_BY_LOWER_NAME = {policy.lower(): policy for policy in POLICIES}
 # The TLS versions an https listener may offer; older ones are refused as insecure.
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 # How orders may spell them (Sozu's and OpenSSL's spellings, any case), and the spellings of the
-# insecure ones, which are refused by name. The config file takes TLS_VERSIONS exactly.
+# insecure ones, which are refused by name; the config file takes the same spellings.
 TLS_VERSION_SPELLINGS = {spelling: version for version in TLS_VERSIONS
                          for spelling in (version.lower(), version.lower().replace(".", "_"),
                                           version.lower().replace("v", ""))}

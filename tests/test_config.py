@@ -342,6 +342,12 @@ request_timeout = 14
         request_timeout=14),)
 
 
+def test_tls_versions_take_the_spellings_orders_take():
+    c = cfg('[[listeners]]\nprotocol = "https"\naddress = "127.0.0.1:8443"\n'
+            'tls_versions = ["tlsv1_3", "TLSv1.2"]\n', listeners=False)
+    assert c.listeners[0].tls_versions == ("TLSv1.2", "TLSv1.3")
+
+
 def test_h2c_prior_knowledge_on_an_http_listener():
     c = cfg('[[listeners]]\nprotocol = "http"\naddress = "127.0.0.1:9000"\n'
             "h2c_prior_knowledge = true\nhttp2_max_concurrent_streams = 7\n", listeners=False)
@@ -373,6 +379,8 @@ def test_tcp_listener_keys():
     ("https", "tls_versions = []", "tls_versions", "invalid value"),
     ("https", 'tls_versions = ["TLSv1.1"]', "tls_versions", "invalid value"),
     ("https", 'tls_versions = ["TLSv1.2", "TLSv1.2"]', "tls_versions", "invalid value"),
+    ("https", 'tls_versions = ["TLSv1.2", "tlsv1_2"]', "tls_versions", "invalid value"),
+    ("https", 'tls_versions = ["sslv3"]', "tls_versions", "invalid value"),
     ("https", 'tls_versions = "TLSv1.2"', "tls_versions", "wrong type"),
     ("https", 'cipher_list = "NO-SUCH-CIPHER"', "cipher_list", "OpenSSL matches no cipher"),
     ("https", 'cipher_list = ""', "cipher_list", "empty string"),
