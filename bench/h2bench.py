@@ -8,7 +8,8 @@ HTTP/2 connection costs each of them.
 Scenarios: 1 and 100 concurrent streams per connection (h2load -m 1 / -m 100). Both proxies
 get the same number of workers (--workers, 2). Each round runs sozu then nginx; the figures are
 medians over rounds. Memory: --idle connections (TLS, HTTP/2 preface, one answered request),
-left open, and the proxy's total RSS before and after, divided by their number.
+left open, and the workers' total RSS before and after, divided by their number; measured on
+the first round's fresh proxy, before its load.
 Prints a table; ratios are sozu / nginx. Quote ratios, and say how quiet the machine was.
 """
 from __future__ import annotations
@@ -93,6 +94,7 @@ def front_nginx(tmp: Path, port: int, backend_port: int, cert: Path, key: Path, 
     return nginx(tmp, f"front-{port}", f"""worker_processes {workers};
 events {{ worker_connections 4096; }}
 http {{ access_log off;
+  keepalive_requests 10000000;  # nginx ends a connection after 1,000 requests; h2load -D opens no new one
   upstream b {{ server {HOST}:{backend_port}; keepalive 64; }}
   server {{ listen {HOST}:{port} ssl http2; ssl_certificate {cert}; ssl_certificate_key {key};
     http2_max_concurrent_streams 100;
@@ -203,16 +205,18 @@ def main() -> None:
                     try:
                         wait_port(port)
                         time.sleep(1)
-                        for streams in (1, 100):
-                            rate = h2load(port, streams, args.connections, args.duration)
-                            results.setdefault((proxy, f"{streams} stream(s)/conn"), []).append(rate)
-                            print(f"round {round_number + 1} {proxy} -m {streams}: {rate:.0f} req/s", file=sys.stderr)
                         if round_number == 0:
+                            # On a fresh proxy, before any load: after one, the heaps of both
+                            # have grown to the load's size and hold idle connections for free.
                             def pids(process=process):
                                 workers = children(process.pid)
                                 return workers + [w for p in workers for w in children(p)]
                             kib = memory_per_connection(port, pids, args.idle)
                             results.setdefault((proxy, "KiB per idle h2 connection"), []).append(kib)
+                        for streams in (1, 100):
+                            rate = h2load(port, streams, args.connections, args.duration)
+                            results.setdefault((proxy, f"{streams} stream(s)/conn"), []).append(rate)
+                            print(f"round {round_number + 1} {proxy} -m {streams}: {rate:.0f} req/s", file=sys.stderr)
                     finally:
                         stop(process)
         finally:
