@@ -79,6 +79,7 @@ class StreamSocket(StreamSocketCalls):
         self.changed = gevent.event.Event()  # something to read, a window, an error
         self.response = ResponseTranslator(start.method)
         self.write_closed = False
+        self.cut_short = False  # a write was interrupted (a deadline, a reset): see sendall
         self.closed = False
         self.timeout: float | None = None  # set by the session's closing steps only
 
@@ -130,8 +131,14 @@ class StreamSocket(StreamSocketCalls):
             self.fail(ConnectionResetError(f"bad response for the stream: {error.message}"))
             self.connection.reset(self, ErrorCodes.INTERNAL_ERROR)
             raise self.error from None
-        for part in parts:
-            self.connection.send_part(self, part)
+        try:
+            for part in parts:
+                self.connection.send_part(self, part)
+        except BaseException:
+            # The translator has taken the response (all of it, when the backend's whole answer
+            # came in one read), but not all of it went out: the stream can only be reset.
+            self.cut_short = True
+            raise
 
     def shutdown(self, how: int) -> None:
         """SHUT_WR: the session's response is complete (a lingering close follows)."""
@@ -158,6 +165,8 @@ class StreamSocket(StreamSocketCalls):
         try:
             parts = self.response.close()
         except Truncated:
+            parts = None
+        if parts is None or self.cut_short:
             self.connection.reset(self, ErrorCodes.INTERNAL_ERROR)
             return
         for part in parts:

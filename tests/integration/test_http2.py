@@ -36,6 +36,10 @@ def env(tmp_path_factory):
     web, other = Backend("web"), Backend("other")
     # The stall tests' own backends: no other test's traffic, and no dead backend to skip first.
     stall, streamer = Backend("stall"), Streamer(60_000_000)
+    # A whole response in one send: the proxy reads it in one piece, before the client's window
+    # lets any of its body through.
+    whole = RawBackend(lambda conn, head: conn.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"w" * 1000))
     dead = free_port()  # nothing listens there: a backend that is down
     trailers = RawBackend(lambda conn, head: conn.sendall(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-check\r\n\r\n"
@@ -86,6 +90,11 @@ protocol = "http"
 frontends = [ {{ address = "127.0.0.1:{slow_port}", hostname = "slow.test", {cert} }} ]
 backends = [ "127.0.0.1:{stall.port}" ]
 
+[applications.whole]
+protocol = "http"
+frontends = [ {{ address = "127.0.0.1:{slow_port}", hostname = "slow.test", path = "/whole", {cert} }} ]
+backends = [ "127.0.0.1:{whole.port}" ]
+
 [applications.stream]
 protocol = "http"
 frontends = [ {{ address = "127.0.0.1:{port}", hostname = "stream.test", {cert} }} ]
@@ -114,9 +123,9 @@ backends = [ "127.0.0.1:{websocket.port}" ]
     sozu = Sozu(tmp, config).start()
     yield {"sozu": sozu, "port": port, "h1_port": h1_port, "slow_port": slow_port, "ca": ca,
            "web": web, "other": other, "tmp": tmp, "notes": notes, "stall": stall,
-           "streamer": streamer}
+           "streamer": streamer, "whole": whole}
     sozu.stop()
-    for backend in (web, other, trailers, websocket, lengths, stall, streamer):
+    for backend in (web, other, trailers, websocket, lengths, stall, streamer, whole):
         backend.stop()
 
 
@@ -481,6 +490,21 @@ def test_a_zero_window_stall_ends_with_front_timeout(env):
         wait_for(lambda: stall.connections == 1 and stall.open_connections == 0, timeout=30,
                  what="the stalled stream's backend connection closed")
         c.wait_closed(timeout=30)
+    finally:
+        c.close()
+
+
+def test_a_zero_window_stall_of_a_response_read_whole_ends_with_a_reset(env):
+    """The backend's whole answer came in one read, so the session handed all of it over before
+    the stalled window let any body through: at front_timeout the stream still ends with a
+    reset, not as if the response had been sent (the client would wait for a body that never
+    comes, until the connection's idle timeout)."""
+    c = client(env, port=env["slow_port"], host="slow.test", settings={SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    try:
+        stream_id = c.start("/whole")
+        response = c.wait(stream_id, timeout=30)
+        assert response.status == 200 and response.reset == ErrorCodes.INTERNAL_ERROR and not response.body
+        assert env["whole"].received, "the request never reached the one-piece backend"
     finally:
         c.close()
 
