@@ -44,3 +44,13 @@ def split(address: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, 
     """A normal-form address -> (ip, port)."""
     host, _, port = address.rpartition(":")
     return ipaddress.ip_address(host.strip("[]")), int(port)
+
+
+def sockaddr(address: str) -> tuple[int, tuple]:
+    """'127.0.0.1:80' -> (AF_INET, ('127.0.0.1', 80)); '[::1]:80' -> (AF_INET6, ('::1', 80)).
+    The address is in the normal form (the config file and the orders give no other).
+    (socket is imported here, by the shell that opens sockets: the pure modules that parse
+    addresses never load it.)"""
+    import socket
+    ip, port = split(address)
+    return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET), (str(ip), port)

@@ -1,6 +1,7 @@
-"""One backend connect with passive health, for HTTP sessions and TCP connections (worker only).
+"""Connecting to backends, for HTTP sessions and TCP connections (worker only): `connect`
+opens one connection, and BackendConnector picks the backend, with passive health.
 
-A request's application has backends (sozu.lb); `connect` picks one, opens a connection to it,
+A request's application has backends (sozu.lb); BackendConnector.connect picks one, opens a connection to it,
 and on failure marks it down for a backoff and tries the next, so one dead backend costs no user
 a failed request while another is up. What the worker must hear of it (a backend down or up
 again, an application left with none) is reported through `report(kind, app_id, backend)`.
@@ -8,7 +9,10 @@ again, an application left with none) is reported through `report(kind, app_id, 
 from __future__ import annotations
 
 import logging
+import socket
 import time
+
+from sozu.address import sockaddr
 
 log = logging.getLogger("sozu.worker")
 
@@ -66,3 +70,19 @@ class BackendConnector:
         backends = self.balancer.backends(app_id)
         if backends is not None:
             backends.release(backend)
+
+
+def connect(address: str, timeout: float, socket_class=socket.socket):
+    """A connection to a numeric IP:PORT (never a name lookup: workers may be chrooted), with
+    Nagle off: the proxy writes whole messages and must not wait for acknowledgements. Workers
+    pass gevent's socket class."""
+    family, addr = sockaddr(address)
+    connection = socket_class(family, socket.SOCK_STREAM)
+    connection.settimeout(timeout)
+    try:
+        connection.connect(addr)
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:  # a clean-up, not a catch: the error (a timeout, a killed greenlet) goes on up
+        connection.close()
+        raise
+    return connection

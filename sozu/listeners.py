@@ -35,33 +35,10 @@ from __future__ import annotations
 import os
 import socket
 
-from sozu import address as addresses
+from sozu.address import sockaddr
 
 ENV_FDS = "SOZU_LISTENER_FDS"
 BACKLOG = 1024
-
-
-def sockaddr(address: str) -> tuple[int, tuple]:
-    """'127.0.0.1:80' -> (AF_INET, ('127.0.0.1', 80)); '[::1]:80' -> (AF_INET6, ('::1', 80)).
-    The address is in sozu.address's normal form (the config file and the orders give no other)."""
-    ip, port = addresses.split(address)
-    return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET), (str(ip), port)
-
-
-def connect(address: str, timeout: float, socket_class=socket.socket):
-    """A connection to a numeric IP:PORT (never a name lookup: workers may be chrooted), with
-    Nagle off: the proxy writes whole messages and must not wait for acknowledgements. Workers
-    pass gevent's socket class."""
-    family, addr = sockaddr(address)
-    connection = socket_class(family, socket.SOCK_STREAM)
-    connection.settimeout(timeout)
-    try:
-        connection.connect(addr)
-        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except BaseException:  # a clean-up, not a catch: the error (a timeout, a killed greenlet) goes on up
-        connection.close()
-        raise
-    return connection
 
 
 def bind(address: str, backlog: int = BACKLOG) -> socket.socket:

@@ -25,7 +25,8 @@ import selectors
 import socket
 import time
 
-from sozu.listeners import decode_fds, sockaddr
+from sozu.address import sockaddr
+from sozu.listeners import decode_fds
 
 log = logging.getLogger("sozu.metrics")
 

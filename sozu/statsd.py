@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import socket
 
-from sozu.listeners import sockaddr
+from sozu.address import sockaddr
 from sozu.metrics import BUCKETS_MS, NO_APPLICATION, STATUS_CLASSES
 
 log = logging.getLogger("sozu.statsd")

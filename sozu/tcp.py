@@ -28,7 +28,7 @@ from gevent import socket
 
 from sozu import access_log as access_lines
 from sozu import proxy_protocol
-from sozu.listeners import connect
+from sozu.connector import connect
 from sozu.relay import Relay
 
 log = logging.getLogger("sozu.tcp")

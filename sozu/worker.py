@@ -191,25 +191,26 @@ class Worker:
         self.servers[address] = server
 
     def handler_for(self, info: ListenerInfo):
-        def serve_http(_worker, listener, sock, addr):  # after a TLS handshake or a PROXY header
-            serve_session(self.sessions, listener, sock, addr)
-
-        def serve_http2(_worker, listener, sock, addr):  # after a handshake that chose h2
-            serve_h2(self.sessions, listener, sock, addr)
-
+        """The connection greenlet's function of a listener: (sock, addr) -> None."""
         if info.protocol == "tcp":
             return lambda sock, addr: tcp.serve(self, info, sock, addr)
+        sessions = self.sessions
+
+        def serve_http(_worker, listener, sock, addr):  # the plain bytes, or those of a TLS stream
+            serve_session(sessions, listener, sock, addr)
+
         if info.protocol == "https":  # the PROXY header, if expected, comes before the handshake
+            def serve_http2(_worker, listener, sock, addr):  # after a handshake that chose h2
+                serve_h2(sessions, listener, sock, addr)
             return lambda sock, addr: tls.serve(serve_http, self, info, sock, addr, serve_http2)
-        if info.h2c_prior_knowledge:  # HTTP/2 or HTTP/1.x, by the first bytes (after PROXY's)
+        if info.h2c_prior_knowledge:  # HTTP/2 or HTTP/1.x, by the first bytes
             def serve_plain(_worker, listener, sock, addr):
-                serve_cleartext(self.sessions, listener, sock, addr, serve_session)
-            if info.expect_proxy:
-                return lambda sock, addr: tcp.serve_after_proxy_header(serve_plain, self, info, sock, addr)
-            return lambda sock, addr: serve_plain(self, info, sock, addr)
-        if info.expect_proxy:
-            return lambda sock, addr: tcp.serve_after_proxy_header(serve_http, self, info, sock, addr)
-        return lambda sock, addr: serve_session(self.sessions, info, sock, addr)
+                serve_cleartext(sessions, listener, sock, addr, serve_session)
+        else:
+            serve_plain = serve_http
+        if info.expect_proxy:  # the PROXY header first, then the plain bytes
+            return lambda sock, addr: tcp.serve_after_proxy_header(serve_plain, self, info, sock, addr)
+        return lambda sock, addr: serve_plain(self, info, sock, addr)
 
     def stop_listener(self, address: str) -> None:
         server = self.servers.pop(address, None)

@@ -72,12 +72,12 @@ import gevent
 from gevent import socket
 
 from sozu import proxy_protocol
+from sozu.connector import connect
 from sozu.http import answers, headers, rules
 from sozu.http.bodies import BodyStreams
 from sozu.http.exchange import Aborted, Answer, BackendStoppedReading, ClientGone, Exchange, StaleConnection
 from sozu.http.parser import ProtocolError, parse_request_head, parse_response_head
 from sozu.http.sockio import send_all, wait_readable
-from sozu.listeners import connect
 from sozu.relay import Relay
 
 log = logging.getLogger("sozu.http")
