@@ -33,9 +33,14 @@ from sozu.messages import dump_orders
 log = logging.getLogger("sozu.master")
 
 
+def temporary_path(path: str, pid: int) -> str:
+    """Where the process `pid` writes `path` before renaming it."""
+    return f"{path}.tmp.{pid}"
+
+
 def write_atomically(path: str, data: bytes) -> None:
     """The bytes in `path`, atomically; OSError says what failed."""
-    tmp = f"{path}.tmp.{os.getpid()}"
+    tmp = temporary_path(path, os.getpid())
     try:
         with open(tmp, "wb") as file:
             file.write(data)
@@ -121,7 +126,13 @@ class StateSaver:
             save.on_done(None, int(detail))
         elif verdict == "ERROR":
             save.on_done(detail, 0)
-        else:
+        else:  # killed (or a bug): it may have left its temporary file behind
+            try:
+                os.unlink(temporary_path(save.path, pid))
+            except FileNotFoundError:
+                pass  # killed before it opened it, or after the rename
+            except OSError as error:
+                log.warning("cannot remove the temporary file of a state save: %s", error)
             save.on_done(f"the saving process ended without a word ({how})", 0)
         return True
 

@@ -119,7 +119,8 @@ def test_the_file_is_fsynced_before_the_rename_and_the_directory_after(tmp_path,
 
 def test_a_child_stuck_on_the_disk_holds_nothing_up_and_killed_leaves_the_old_file(tmp_path, monkeypatch):
     """The child blocks in its fsync (a disk that never answers): save() has returned at once;
-    killed there, the child leaves the previous file whole, and its end is reported."""
+    killed there, the child leaves the previous file whole, its end is reported, and its
+    temporary file is removed."""
     path = tmp_path / "state.json"
     path.write_bytes(b"old state\n")
     parent, stuck_r, stuck_w = os.getpid(), *os.pipe()
@@ -141,6 +142,7 @@ def test_a_child_stuck_on_the_disk_holds_nothing_up_and_killed_leaves_the_old_fi
         os.waitpid(pid, 0)
         os.close(stuck_r)
         os.close(stuck_w)
+    assert sorted(os.listdir(tmp_path)) == ["state.json", f"state.json.tmp.{pid}"]
     saver.child_exited(pid, "signal SIGKILL")
     assert results == ["the saving process ended without a word (signal SIGKILL)"]
-    assert path.read_bytes() == b"old state\n"
+    assert path.read_bytes() == b"old state\n" and os.listdir(tmp_path) == ["state.json"]
