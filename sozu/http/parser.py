@@ -105,11 +105,17 @@ class RequestHead:
     upgrade: bytes | None
     connection_tokens: frozenset[bytes]
     edited_headers: list[tuple[bytes, bytes]] | None = None
+    split_fields: list[tuple[bytes, bytes]] | None = None  # `headers`, once asked for
 
     @property
     def headers(self) -> list[tuple[bytes, bytes]]:
-        """[(name, stripped value)], split from fields on demand: few requests need them."""
-        return self.edited_headers if self.fields is None else _split_fields(self.fields)
+        """[(name, stripped value)], split from fields on demand (few requests need them), once:
+        a sticky request reads them twice. Not to be changed in place."""
+        if self.fields is None:
+            return self.edited_headers
+        if self.split_fields is None:
+            self.split_fields = _split_fields(self.fields)
+        return self.split_fields
 
 
 @dataclass(slots=True)
