@@ -132,8 +132,7 @@ class StreamSocket(StreamSocketCalls):
             self.connection.reset(self, ErrorCodes.INTERNAL_ERROR)
             raise self.error from None
         try:
-            for part in parts:
-                self.connection.send_part(self, part)
+            self.connection.send_parts(self, parts)
         except BaseException:
             # The translator has taken the response (all of it, when the backend's whole answer
             # came in one read), but not all of it went out: the stream can only be reset.
@@ -169,8 +168,7 @@ class StreamSocket(StreamSocketCalls):
         if parts is None or self.cut_short:
             self.connection.reset(self, ErrorCodes.INTERNAL_ERROR)
             return
-        for part in parts:
-            self.connection.send_part(self, part)
+        self.connection.send_parts(self, parts)
         if not self.request_ended:  # RFC 9113 §8.1: the body that still comes is not wanted
             self.connection.reset(self, ErrorCodes.NO_ERROR)
 
@@ -286,7 +284,14 @@ class Http2Connection:
         gevent.spawn(serve_exchange, self.ctx, self.listener, stream, self.client_address)
 
     # -- what streams call -----------------------------------------------------------------
-    def send_part(self, stream: StreamSocket, part) -> None:
+    def send_parts(self, stream: StreamSocket, parts) -> None:
+        """A stream's response parts, in as few writes as the windows allow: a head and a body
+        that fit go out in one TLS record, not one each."""
+        for part in parts:
+            self._queue_part(stream, part)
+        self.flush()
+
+    def _queue_part(self, stream: StreamSocket, part) -> None:
         protocol, stream_id = self.protocol, stream.stream_id
         try:
             if part[0] == "headers":
@@ -300,6 +305,7 @@ class Http2Connection:
                         raise stream.error
                     window = protocol.send_window(stream_id)
                     if window <= 0 and data:
+                        self.flush()  # what is queued goes out before the wait
                         stream._wait()  # a WINDOW_UPDATE, a reset, or the session's deadline
                         continue
                     piece = data[:window]
@@ -310,7 +316,6 @@ class Http2Connection:
                     self.flush()
         except H2Error as error:  # the stream closed under us (reset by the client)
             raise ConnectionResetError(f"stream {stream_id}: {error}") from None
-        self.flush()
 
     def acknowledge(self, stream: StreamSocket, flow: int) -> None:
         try:
