@@ -127,7 +127,56 @@ backends = [ "{HOST}:{backend_port}" ]
                             stdout=open(directory / "sozu.log", "wb"), stderr=subprocess.STDOUT)
 
 
-def h2load(port: int, streams: int, connections: int, duration: int) -> float:
+def cpu_seconds(pids) -> float:
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def protocol_cost(exchanges: int = 3000) -> float:
+    """µs of CPU that sozu's sans-IO HTTP/2 part takes for one small GET on an open connection:
+    the client's HEADERS read (h2, then sozu.http2.protocol's checks and its HTTP/1.1 head), the
+    session's HTTP/1.1 response translated back (ResponseTranslator) and sent as HEADERS and
+    DATA (h2, HPACK). No socket, no TLS, no session: the floor of what HTTP/2 adds per request."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    sys.path.insert(0, str(ROOT))
+    from sozu.http2.protocol import Http2Protocol, Request, ResponseTranslator
+
+    server = Http2Protocol()
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
+    server.receive(client.data_to_send(), 0.0)
+    client.receive_data(server.data_to_send())
+    response = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Fri, 04 Dec 2026 20:00:00 GMT\r\n"
+                b"Content-Type: application/octet-stream\r\nContent-Length: 100\r\n"
+                b"Last-Modified: Fri, 04 Dec 2026 19:00:00 GMT\r\nETag: \"6751a2b0-64\"\r\n"
+                b"Accept-Ranges: bytes\r\nSozu-Id: 0123456789ab-1\r\n\r\n" + b"s" * 100)
+    spent = 0.0
+    for stream_id in range(1, 2 * exchanges, 2):
+        client.send_headers(stream_id, [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/small"),
+                                        (b":authority", b"bench.test"), (b"user-agent", b"h2load nghttp2/1.52.0")],
+                            end_stream=True)
+        data = client.data_to_send()
+        started = time.process_time()
+        [request] = [a for a in server.receive(data, 0.0) if isinstance(a, Request)]
+        for part in ResponseTranslator(request.start.method).feed(response):
+            if part[0] == "headers":
+                server.send_headers(stream_id, part[1], part[2])
+            else:
+                server.send_data(stream_id, part[1], part[2])
+        answer = server.data_to_send()
+        spent += time.process_time() - started
+        for event in client.receive_data(answer):  # the client's side is not counted
+            if isinstance(event, h2.events.DataReceived):  # its WINDOW_UPDATE goes with the next request
+                client.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+    return spent / exchanges * 1e6
+
+
+def h2load(port: int, streams: int, connections: int, duration: int) -> tuple[float, int]:
     done = subprocess.run(["h2load", "-D", str(duration), "--warm-up-time", "1", "-c", str(connections),
                            "-m", str(streams), "-t", "1", "-H", ":authority: bench.test",
                            f"https://{HOST}:{port}/small"], capture_output=True, text=True,
@@ -138,7 +187,8 @@ def h2load(port: int, streams: int, connections: int, duration: int) -> float:
         raise SystemExit(f"h2load failed:\n{done.stdout}\n{done.stderr}")
     if int(failed.group(1)) or int(failed.group(2)):
         print(f"  warning: {failed.group(0)}", file=sys.stderr)
-    return float(match.group(1))
+    succeeded = re.search(r"requests: .*? (\d+) succeeded", done.stdout)
+    return float(match.group(1)), int(succeeded.group(1))
 
 
 def memory_per_connection(port: int, pids, count: int) -> float:
@@ -205,17 +255,21 @@ def main() -> None:
                     try:
                         wait_port(port)
                         time.sleep(1)
+                        def pids(process=process):
+                            workers = children(process.pid)
+                            return workers + [w for p in workers for w in children(p)]
                         if round_number == 0:
                             # On a fresh proxy, before any load: after one, the heaps of both
                             # have grown to the load's size and hold idle connections for free.
-                            def pids(process=process):
-                                workers = children(process.pid)
-                                return workers + [w for p in workers for w in children(p)]
                             kib = memory_per_connection(port, pids, args.idle)
                             results.setdefault((proxy, "KiB per idle h2 connection"), []).append(kib)
                         for streams in (1, 100):
-                            rate = h2load(port, streams, args.connections, args.duration)
+                            cpu_before = cpu_seconds([process.pid, *pids()])
+                            rate, succeeded = h2load(port, streams, args.connections, args.duration)
+                            cpu = cpu_seconds([process.pid, *pids()]) - cpu_before
                             results.setdefault((proxy, f"{streams} stream(s)/conn"), []).append(rate)
+                            results.setdefault((proxy, f"{streams} stream(s): CPU us/req"), []).append(
+                                cpu / max(succeeded, 1) * 1e6)
                             print(f"round {round_number + 1} {proxy} -m {streams}: {rate:.0f} req/s", file=sys.stderr)
                     finally:
                         stop(process)
@@ -224,10 +278,13 @@ def main() -> None:
     print(f"\nh2load -c {args.connections} -t 1 -D {args.duration}, {args.workers} workers each, "
           f"{args.rounds} rounds (medians), loopback, 100-byte responses")
     print(f"{'measure':32} {'sozu':>10} {'nginx':>10} {'ratio':>7}")
-    for measure in ("1 stream(s)/conn", "100 stream(s)/conn", "KiB per idle h2 connection"):
+    for measure in ("1 stream(s)/conn", "100 stream(s)/conn", "1 stream(s): CPU us/req",
+                    "100 stream(s): CPU us/req", "KiB per idle h2 connection"):
         sozu = statistics.median(results[("sozu", measure)])
         other = statistics.median(results[("nginx", measure)])
         print(f"{measure:32} {sozu:10.1f} {other:10.1f} {sozu / other if other else float('nan'):6.2f}x")
+    print(f"\nsozu's sans-IO HTTP/2 part alone (h2, HPACK and its glue, no socket, no TLS, no session): "
+          f"{protocol_cost():.1f} us of CPU per small request")
 
 
 if __name__ == "__main__":
