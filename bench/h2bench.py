@@ -154,7 +154,7 @@ def protocol_cost(exchanges: int = 3000) -> float:
     response = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Fri, 04 Dec 2026 20:00:00 GMT\r\n"
                 b"Content-Type: application/octet-stream\r\nContent-Length: 100\r\n"
                 b"Last-Modified: Fri, 04 Dec 2026 19:00:00 GMT\r\nETag: \"6751a2b0-64\"\r\n"
-                b"Accept-Ranges: bytes\r\nSozu-Id: 0123456789ab-1\r\n\r\n" + b"s" * 100)
+                b"Accept-Ranges: bytes\r\nSozu-Id: 0123456789ab-%x\r\n\r\n" + b"s" * 100)  # an id per request
     spent = 0.0
     for stream_id in range(1, 2 * exchanges, 2):
         client.send_headers(stream_id, [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/small"),
@@ -163,7 +163,7 @@ def protocol_cost(exchanges: int = 3000) -> float:
         data = client.data_to_send()
         started = time.process_time()
         [request] = [a for a in server.receive(data, 0.0) if isinstance(a, Request)]
-        for part in ResponseTranslator(request.start.method).feed(response):
+        for part in ResponseTranslator(request.start.method).feed(response % stream_id):
             if part[0] == "headers":
                 server.send_headers(stream_id, part[1], part[2])
             else:
