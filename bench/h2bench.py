@@ -28,6 +28,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.integration.load import cpu_seconds  # noqa: E402
+
 HOST = "127.0.0.1"  # the only address this script talks to
 
 
@@ -127,14 +131,6 @@ backends = [ "{HOST}:{backend_port}" ]
                             stdout=open(directory / "sozu.log", "wb"), stderr=subprocess.STDOUT)
 
 
-def cpu_seconds(pids) -> float:
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 def protocol_cost(exchanges: int = 3000) -> float:
     """µs of CPU that sozu's sans-IO HTTP/2 part takes for one small GET on an open connection:
     the client's HEADERS read (h2, then sozu.http2.protocol's checks and its HTTP/1.1 head), the
@@ -143,7 +139,6 @@ def protocol_cost(exchanges: int = 3000) -> float:
     import h2.config
     import h2.connection
     import h2.events
-    sys.path.insert(0, str(ROOT))
     from sozu.http2.protocol import Http2Protocol, Request, ResponseTranslator
 
     server = Http2Protocol()
@@ -264,9 +259,9 @@ def main() -> None:
                             kib = memory_per_connection(port, pids, args.idle)
                             results.setdefault((proxy, "KiB per idle h2 connection"), []).append(kib)
                         for streams in (1, 100):
-                            cpu_before = cpu_seconds([process.pid, *pids()])
+                            cpu_before = sum(map(cpu_seconds, [process.pid, *pids()]))
                             rate, succeeded = h2load(port, streams, args.connections, args.duration)
-                            cpu = cpu_seconds([process.pid, *pids()]) - cpu_before
+                            cpu = sum(map(cpu_seconds, [process.pid, *pids()])) - cpu_before
                             results.setdefault((proxy, f"{streams} stream(s)/conn"), []).append(rate)
                             results.setdefault((proxy, f"{streams} stream(s): CPU us/req"), []).append(
                                 cpu / max(succeeded, 1) * 1e6)

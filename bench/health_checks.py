@@ -21,7 +21,6 @@ and quote ratios.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import re
 import shutil
@@ -39,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.integration.harness import (Backend, Sozu, free_port, http_apps_config,  # noqa: E402
                                        port_open, wait_for)
+from tests.integration.load import cpu_seconds  # noqa: E402
 
 INTERVAL, TIMEOUT, RISE, FALL = 0.5, 0.25, 2, 3
 
@@ -163,11 +163,6 @@ def wrk(port: int, duration: int, connections: int) -> float:
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-H", "Host: localhost",
                           f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def checks_done(s: Sozu) -> int:

@@ -33,11 +33,12 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_BENCH = os.path.join(ROOT, "..", "shared", "bench")
 sys.path.insert(0, SHARED_BENCH)
+sys.path.insert(0, ROOT)
 
 import proxybench  # noqa: E402
+from tests.integration.load import cpu_seconds  # noqa: E402
 
 SCENARIOS = {"small": ("/small", 50, False), "64k": ("/64k", 50, False), "close": ("/small", 50, True)}
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def wait_port(port: int, deadline: float) -> None:
@@ -60,12 +61,6 @@ def worker_pids(master_pid: int, count: int, deadline: float) -> list[int]:
             return sorted(pids)
         time.sleep(0.05)
     raise SystemExit("the master did not start its workers")
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
 def worker_metrics(socket_path: str) -> dict:

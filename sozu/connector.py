@@ -3,8 +3,9 @@ opens one connection, and BackendConnector picks the backend, with passive healt
 
 A request's application has backends (sozu.lb); BackendConnector.connect picks one, opens a
 connection to it, and on failure marks it down for a backoff and tries the next, so one dead
-backend costs no user a failed request while another is up. What the worker must hear of it (a backend down or up
-again, an application left with none) is reported through `report(kind, app_id, backend)`.
+backend costs no user a failed request while another is up. What the worker must hear of it (a
+backend down or up again, an application left with none) is reported through
+`report(kind, app_id, backend)`.
 """
 from __future__ import annotations
 

@@ -180,6 +180,14 @@ def _proc_pids():
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time a process has used, user and system, in seconds."""
+    import os
+    with open(f"/proc/{pid}/stat") as file:
+        fields = file.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as file:
         for line in file:
