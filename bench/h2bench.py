@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.integration.load import cpu_seconds  # noqa: E402
+from tests.integration.load import cpu_seconds, rss_kib  # noqa: E402
 
 HOST = "127.0.0.1"  # the only address this script talks to
 
@@ -50,15 +50,6 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
         except OSError:
             time.sleep(0.1)
     raise SystemExit(f"nothing listens on {port}")
-
-
-def rss_kib(pids) -> int:
-    total = 0
-    for pid in pids:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1])
-    return total
 
 
 def children(pid: int) -> list[int]:
@@ -194,7 +185,7 @@ def memory_per_connection(port: int, pids, count: int) -> float:
     import h2.connection  # the project's own dependency: run this with its virtualenv's python
 
     time.sleep(1)
-    before = rss_kib(pids())
+    before = sum(map(rss_kib, pids()))
     kept = []
     for _ in range(count):
         sock = context.wrap_socket(socket.create_connection((HOST, port), timeout=10), server_hostname="bench.test")
@@ -213,7 +204,7 @@ def memory_per_connection(port: int, pids, count: int) -> float:
         if len(kept) % 50 == 0:
             print(f"  {len(kept)} connections open", file=sys.stderr)
     time.sleep(1)
-    after = rss_kib(pids())
+    after = sum(map(rss_kib, pids()))
     for sock, _ in kept:
         sock.close()
     return (after - before) / count
